@@ -1,0 +1,30 @@
+"""brainconv: stateful, brainstate-style convolution layers on JAX.
+
+Shapes are known at construction (:mod:`brainconv.shapes`), the stateless ops
+live in :mod:`brainconv.functional`, and the layers in :mod:`brainconv.layers`.
+"""
+
+from . import functional, shapes
+from .layers import (
+                     Conv,
+                     Conv1d,
+                     Conv2d,
+                     Conv3d,
+                     ConvTranspose,
+                     ConvTranspose1d,
+                     ConvTranspose2d,
+                     ConvTranspose3d,
+                     ScaledWSConv,
+                     ScaledWSConv1d,
+                     ScaledWSConv2d,
+                     ScaledWSConv3d,
+)
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'Conv', 'Conv1d', 'Conv2d', 'Conv3d',
+    'ConvTranspose', 'ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d',
+    'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
+    'functional', 'shapes', '__version__',
+]

@@ -1,0 +1,245 @@
+"""Normalise and validate user arguments, once, at the earliest point.
+
+Every user-facing error message about an argument lives here.  Messages read
+``"{name} must be ..., got {value!r}"`` and give the valid range when there is
+one.  Nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any, Sequence, Tuple
+
+import numpy as np
+
+from .shapes import PADDING_MODES, PADDING_STRINGS, ConvGeometry, Padding, Pads, conv_geometry, conv_transpose_geometry
+
+_MODE_ALIASES = {
+    'ZEROS': 'ZEROS', 'ZERO': 'ZEROS', 'CONSTANT': 'ZEROS',
+    'REFLECT': 'REFLECT', 'REPLICATE': 'REPLICATE', 'EDGE': 'REPLICATE',
+    'CIRCULAR': 'CIRCULAR', 'WRAP': 'CIRCULAR',
+}
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and NumPy integers, False for bools."""
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def num_spatial_dims(value: Any) -> int:
+    if not is_int(value) or value < 1:
+        raise ValueError(f"num_spatial_dims must be a positive int, got {value!r}")
+    return int(value)
+
+
+def positive_int(value: Any, name: str) -> int:
+    if not is_int(value):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def int_tuple(value: Any, nd: int, name: str, minimum: int = 1) -> Tuple[int, ...]:
+    """An int or a sequence of ``nd`` ints, each at least ``minimum``."""
+    if is_int(value):
+        values = (value,) * nd
+    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
+        if len(value) != nd:
+            raise ValueError(f"{name} must be an int or a sequence of {nd} ints "
+                             f"(one per spatial axis), got {value!r}")
+        values = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}"
+                         f" on every axis, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def in_size(value: Any, nd: int, channel_first: bool) -> Tuple[int, ...]:
+    layout = '(C, *spatial)' if channel_first else '(*spatial, C)'
+    if not isinstance(value, (tuple, list)) or len(value) != nd + 1:
+        raise ValueError(f"in_size must be a sequence of {nd + 1} ints {layout} for a "
+                         f"{nd}-d convolution, got {value!r}")
+    if not all(is_int(v) for v in value):
+        raise TypeError(f"in_size must hold ints, got {value!r}")
+    if any(v < 1 for v in value):
+        raise ValueError(f"in_size entries must be positive, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def padding(value: Any, nd: int) -> Padding:
+    """An upper-case padding string, or one ``(low, high)`` pair per axis.
+
+    Accepts a string (any case); an int; one int per axis; one pair per axis;
+    a single pair for every axis (for 1-d also a bare ``(low, high)``).
+    """
+    if isinstance(value, str):
+        upper = value.upper()
+        if upper not in PADDING_STRINGS:
+            raise ValueError(f"padding must be one of {PADDING_STRINGS} (any case), an int, "
+                             f"or (low, high) pairs, got {value!r}")
+        return upper
+    pads = None
+    if is_int(value):
+        pads = ((value, value),) * nd
+    elif isinstance(value, (tuple, list)) and len(value) > 0:
+        if all(is_int(v) for v in value):
+            if nd == 1 and len(value) == 2:
+                pads = ((value[0], value[1]),)
+            elif len(value) == nd:
+                pads = tuple((v, v) for v in value)
+        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(is_int(v) for v in p) for p in value):
+            if len(value) == 1:
+                pads = (tuple(value[0]),) * nd
+            elif len(value) == nd:
+                pads = tuple(tuple(p) for p in value)
+    if pads is None:
+        raise ValueError(f"padding must be a string in {PADDING_STRINGS}, an int, {nd} ints, "
+                         f"or {nd} (low, high) pairs, got {value!r}")
+    if any(v < 0 for p in pads for v in p):
+        raise ValueError(f"padding must be non-negative, got {value!r}")
+    return tuple((int(lo), int(hi)) for lo, hi in pads)
+
+
+def padding_mode(value: Any, allowed: Sequence[str] = PADDING_MODES) -> str:
+    if isinstance(value, str) and value.upper() in _MODE_ALIASES:
+        mode = _MODE_ALIASES[value.upper()]
+        if mode in allowed:
+            return mode
+    raise ValueError(f"padding_mode must be one of {tuple(allowed)} (any case), got {value!r}")
+
+
+def groups(value: Any, in_channels: int, out_channels: int) -> int:
+    g = positive_int(value, 'groups')
+    if in_channels % g:
+        raise ValueError(f"groups must divide in_channels {in_channels}, got groups={g}")
+    if out_channels % g:
+        raise ValueError(f"groups must divide out_channels {out_channels}, got groups={g}")
+    return g
+
+
+def output_padding(value: Any, nd: int, stride: Sequence[int], rhs_dilation: Sequence[int]) -> Tuple[int, ...]:
+    ops = int_tuple(value, nd, 'output_padding', minimum=0)
+    for axis, (op, s, d) in enumerate(zip(ops, stride, rhs_dilation)):
+        if op >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than max(stride, rhs_dilation) = "
+                             f"{max(s, d)} on axis {axis}, got {value!r}")
+    return ops
+
+
+def pads_for_mode(mode: str, pads: Pads, in_spatial: Sequence[int], lhs_dilation: Sequence[int]) -> None:
+    """Check that a non-zero padding mode can pad this input."""
+    if mode == 'ZEROS':
+        return
+    if any(ld != 1 for ld in lhs_dilation):
+        raise ValueError(f"padding_mode {mode!r} pads the input before a VALID convolution and "
+                         f"cannot be combined with lhs_dilation {tuple(lhs_dilation)}; use 'ZEROS'")
+    if mode == 'REFLECT':
+        for axis, ((lo, hi), n) in enumerate(zip(pads, in_spatial)):
+            if max(lo, hi) >= n:
+                raise ValueError(f"REFLECT padding must be smaller than the input on each axis: "
+                                 f"pads {(lo, hi)} on axis {axis} with input length {n}")
+
+
+def mask_shape(shape: Sequence[int], kernel_shape: Sequence[int]) -> None:
+    try:
+        ok = np.broadcast_shapes(tuple(shape), tuple(kernel_shape)) == tuple(kernel_shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"w_mask must broadcast to the kernel shape {tuple(kernel_shape)}, "
+                         f"got shape {tuple(shape)}")
+
+
+def input_array(shape: Sequence[int], dtype: Any, in_size: Sequence[int], layer: str) -> int:
+    """Check a call's input; return its number of leading batch axes."""
+    shape, in_size = tuple(shape), tuple(in_size)
+    nb = len(shape) - len(in_size)
+    if nb < 0 or shape[nb:] != in_size:
+        raise ValueError(f"{layer} expects input of shape (*batch, *in_size) = (*batch, "
+                         f"{', '.join(map(str, in_size))}), got shape {shape}")
+    if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_):
+        raise TypeError(f"{layer} expects a floating-point input, got dtype {np.dtype(dtype).name}; "
+                        f"cast it first, e.g. x.astype(jnp.float32)")
+    return nb
+
+
+def kernel_shape(shape: Sequence[int], expected: Sequence[int]) -> None:
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"kernel must have shape {tuple(expected)} for this input and these "
+                         f"arguments, got shape {tuple(shape)}")
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A validated (transposed) convolution: everything but the weights."""
+
+    in_size: Tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    padding: Padding
+    padding_mode: str
+    channel_first: bool
+    geometry: ConvGeometry
+
+    @property
+    def kernel_shape(self) -> Tuple[int, ...]:
+        k = self.geometry.kernel_size
+        if self.geometry.transposed:
+            return k + (self.out_channels, self.in_channels // self.groups)
+        return k + (self.in_channels // self.groups, self.out_channels)
+
+    @property
+    def out_size(self) -> Tuple[int, ...]:
+        spatial = self.geometry.out_spatial
+        return (self.out_channels,) + spatial if self.channel_first else spatial + (self.out_channels,)
+
+    @property
+    def bias_shape(self) -> Tuple[int, ...]:
+        """brainstate's bias layout: broadcasts over the output's channel axis."""
+        nd = self.geometry.num_spatial_dims
+        return (1, self.out_channels) + (1,) * nd if self.channel_first else (1,) * nd + (self.out_channels,)
+
+
+def _split_in_size(value, nd, channel_first):
+    size = in_size(value, nd, channel_first)
+    return size, (size[0] if channel_first else size[-1]), (size[1:] if channel_first else size[:-1])
+
+
+def conv_spec(nd, in_size_, out_channels, kernel_size, stride, padding_, lhs_dilation, rhs_dilation,
+              groups_, padding_mode_, channel_first) -> ConvSpec:
+    """Validate a convolution's arguments and resolve its geometry."""
+    nd = num_spatial_dims(nd)
+    size, cin, spatial = _split_in_size(in_size_, nd, channel_first)
+    cout = positive_int(out_channels, 'out_channels')
+    k = int_tuple(kernel_size, nd, 'kernel_size')
+    s = int_tuple(stride, nd, 'stride')
+    ld = int_tuple(lhs_dilation, nd, 'lhs_dilation')
+    rd = int_tuple(rhs_dilation, nd, 'rhs_dilation')
+    g = groups(groups_, cin, cout)
+    pad = padding(padding_, nd)
+    mode = padding_mode(padding_mode_)
+    geometry = conv_geometry(spatial, k, s, pad, ld, rd)
+    pads_for_mode(mode, geometry.pads, spatial, ld)
+    return ConvSpec(size, cin, cout, g, pad, mode, bool(channel_first), geometry)
+
+
+def conv_transpose_spec(nd, in_size_, out_channels, kernel_size, stride, padding_, rhs_dilation, groups_,
+                        output_padding_, padding_mode_, channel_first) -> ConvSpec:
+    """Validate a transposed convolution's arguments and resolve its geometry."""
+    nd = num_spatial_dims(nd)
+    size, cin, spatial = _split_in_size(in_size_, nd, channel_first)
+    cout = positive_int(out_channels, 'out_channels')
+    k = int_tuple(kernel_size, nd, 'kernel_size')
+    s = int_tuple(stride, nd, 'stride')
+    rd = int_tuple(rhs_dilation, nd, 'rhs_dilation')
+    g = groups(groups_, cin, cout)
+    pad = padding(padding_, nd)
+    op = output_padding(output_padding_, nd, s, rd)
+    mode = padding_mode(padding_mode_, ('ZEROS', 'CIRCULAR'))
+    geometry = conv_transpose_geometry(spatial, k, s, pad, rd, op)
+    return ConvSpec(size, cin, cout, g, pad, mode, bool(channel_first), geometry)

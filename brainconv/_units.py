@@ -1,0 +1,49 @@
+"""The one place that touches brainunit Quantities.
+
+Layers split each operand into a plain mantissa and a unit on the way in, run
+the unit-free functional op, and rebuild a Quantity on the way out.  Plain
+arrays stay plain arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import brainunit as u
+
+
+def split(x: Any) -> Tuple[Any, u.Unit | None]:
+    """``(mantissa, unit)``; the unit is None for a plain array or a dimensionless Quantity."""
+    if isinstance(x, u.Quantity):
+        unit = x.unit
+        if unit.is_unitless:
+            return x.to_decimal(unit), None
+        return x.mantissa, unit
+    return x, None
+
+
+def product(a: u.Unit | None, b: u.Unit | None) -> u.Unit | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a * b
+
+
+def bias_mantissa(bias: Any, out_unit: u.Unit | None, layer: str) -> Any:
+    """The bias as a plain array in ``out_unit``; TypeError if the units disagree."""
+    b, b_unit = split(bias)
+    if b_unit is None and out_unit is None:
+        return b
+    if b_unit is None or out_unit is None or not b_unit.has_same_dim(out_unit):
+        raise TypeError(f"{layer}: the bias unit {_name(b_unit)} does not match the output unit "
+                        f"{_name(out_unit)} (unit of the input times unit of the weight)")
+    return bias.to_decimal(out_unit)
+
+
+def attach(y: Any, unit: u.Unit | None) -> Any:
+    return y if unit is None else u.Quantity(y, unit=unit)
+
+
+def _name(unit: u.Unit | None) -> str:
+    return 'dimensionless (no unit)' if unit is None else repr(str(unit))

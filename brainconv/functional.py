@@ -1,0 +1,195 @@
+"""Stateless convolution ops: ``pad``, ``conv``, ``conv_transpose``.
+
+Inputs are plain arrays of shape ``(*batch, *spatial, C)`` (or
+``(*batch, C, *spatial)`` with ``channel_first=True``): no batch axis, one, or
+several.  Kernels use brainstate's layouts: ``(*kernel_size, C_in // groups,
+C_out)`` for ``conv`` and ``(*kernel_size, C_out, C_in // groups)`` for
+``conv_transpose``.  Arguments are validated and resolved by the same code the
+layers use (:mod:`brainconv._args`, :mod:`brainconv.shapes`); the layers call
+the ``*_resolved`` ops directly with what they resolved at construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import _args
+from .shapes import ConvGeometry, Padding, Pads, transpose_lax_pads
+
+__all__ = ['pad', 'conv', 'conv_transpose', 'transpose_kernel', 'weight_standardize']
+
+_JNP_MODE = {'ZEROS': 'constant', 'REFLECT': 'reflect', 'REPLICATE': 'edge', 'CIRCULAR': 'wrap'}
+
+
+def _spatial_axes(ndim: int, nd: int, channel_first: bool) -> tuple:
+    if channel_first:
+        return tuple(range(ndim - nd, ndim))
+    return tuple(range(ndim - nd - 1, ndim - 1))
+
+
+def _dimension_numbers(nd: int, channel_first: bool, transposed: bool) -> lax.ConvDimensionNumbers:
+    spatial = tuple(range(1, nd + 1))
+    lhs = (0, 1) + tuple(a + 1 for a in spatial) if channel_first else (0, nd + 1) + spatial
+    # rhs_spec is (out-feature axis, in-feature axis, *spatial axes) of the kernel.
+    rhs = (nd, nd + 1) if transposed else (nd + 1, nd)
+    return lax.ConvDimensionNumbers(lhs, rhs + tuple(range(nd)), lhs)
+
+
+def _with_batch(fn: Callable[[Any], Any], x: Any, in_rank: int) -> Any:
+    """Run ``fn`` on ``x`` with its leading batch axes flattened into one."""
+    batch = tuple(x.shape[:x.ndim - in_rank])
+    y = fn(x.reshape((math.prod(batch),) + tuple(x.shape[len(batch):])))
+    return y.reshape(batch + tuple(y.shape[1:]))
+
+
+def _common_dtype(x, w):
+    dtype = jnp.result_type(x, w)
+    return jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+
+
+def pad(x: Any, pads: Pads, mode: str = 'ZEROS', *, channel_first: bool = False) -> jax.Array:
+    """Pad the spatial axes of ``x`` by ``pads``, one ``(low, high)`` pair per axis.
+
+    ``mode``: 'ZEROS', 'REFLECT' (1234 -> 32123432), 'REPLICATE' (11123444) or
+    'CIRCULAR' (34123412); torch's lower-case names are accepted too.
+    """
+    mode = _args.padding_mode(mode)
+    x = jnp.asarray(x)
+    widths = [(0, 0)] * x.ndim
+    for axis, p in zip(_spatial_axes(x.ndim, len(pads), channel_first), pads):
+        widths[axis] = tuple(p)
+    return jnp.pad(x, widths, mode=_JNP_MODE[mode])
+
+
+def conv_resolved(
+    x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, padding_mode: str,
+    channel_first: bool, precision: Any = None,
+) -> jax.Array:
+    """Convolution of ``x`` (exactly one batch axis) with everything resolved."""
+    nd = geometry.num_spatial_dims
+    x, w = _common_dtype(x, w)
+    pads = geometry.pads
+    if padding_mode != 'ZEROS':
+        x = pad(x, pads, padding_mode, channel_first=channel_first)
+        pads = ((0, 0),) * nd
+    return lax.conv_general_dilated(
+        x, w, window_strides=geometry.stride, padding=pads,
+        lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.rhs_dilation,
+        dimension_numbers=_dimension_numbers(nd, channel_first, False),
+        feature_group_count=groups, precision=precision)
+
+
+def _fold_circular(z: jax.Array, pads: Pads, out_spatial: Sequence[int], axes: Sequence[int]) -> jax.Array:
+    """Adjoint of circular padding: add every padded position back onto the one it copied."""
+    for axis, (lo, _), n in zip(axes, pads, out_spatial):
+        index = (np.arange(z.shape[axis]) - lo) % n
+        moved = jax.ops.segment_sum(jnp.moveaxis(z, axis, 0), index, num_segments=n)
+        z = jnp.moveaxis(moved, 0, axis)
+    return z
+
+
+def conv_transpose_resolved(
+    y: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, padding_mode: str,
+    channel_first: bool, precision: Any = None,
+) -> jax.Array:
+    """Transposed convolution of ``y`` (exactly one batch axis) with everything resolved.
+
+    The adjoint of the forward convolution described by ``geometry``: the
+    stride becomes an lhs dilation, the kernel is flipped, and the pads come
+    from :func:`brainconv.shapes.transpose_lax_pads`.
+    """
+    g = geometry
+    nd = g.num_spatial_dims
+    y, w = _common_dtype(y, w)
+    w = jnp.flip(w, axis=tuple(range(nd)))
+    if padding_mode == 'ZEROS':
+        pads = g.lax_pads()
+    else:  # CIRCULAR: transpose onto the padded length, then fold the pads back.
+        padded = [n + lo + hi for n, (lo, hi) in zip(g.out_spatial, g.pads)]
+        pads = tuple(transpose_lax_pads(m, n, k, s, d, 0, 0)
+                     for m, n, k, s, d in zip(g.in_spatial, padded, g.kernel_size, g.stride, g.rhs_dilation))
+    z = lax.conv_general_dilated(
+        y, w, window_strides=(1,) * nd, padding=pads,
+        lhs_dilation=g.stride, rhs_dilation=g.rhs_dilation,
+        dimension_numbers=_dimension_numbers(nd, channel_first, True),
+        feature_group_count=groups, precision=precision)
+    if padding_mode == 'ZEROS':
+        return z
+    return _fold_circular(z, g.pads, g.out_spatial, _spatial_axes(z.ndim, nd, channel_first))
+
+
+def transpose_kernel(w: Any, groups: int = 1) -> Any:
+    """Lay a Conv kernel ``(*k, C_in // g, C_out)`` out as the kernel ``(*k, C_in, C_out // g)``
+    of the ConvTranspose that is its adjoint (the identity when ``groups == 1``)."""
+    if groups == 1:
+        return w
+    *k, cin_g, cout = w.shape
+    w = w.reshape(tuple(k) + (cin_g, groups, cout // groups))
+    w = jnp.moveaxis(w, -2, -3)
+    return w.reshape(tuple(k) + (groups * cin_g, cout // groups))
+
+
+def weight_standardize(w: Any, eps: float = 1e-4, gain: Any | None = None) -> jax.Array:
+    """Scaled weight standardisation: zero mean, unit fan-in variance per output channel.
+
+    ``w * rsqrt(max(var * fan_in, eps)) - mean * rsqrt(...)``, over every axis
+    but the last, then times ``gain`` (broadcast over the last axis).
+    """
+    axes = tuple(range(w.ndim - 1))
+    fan_in = math.prod(w.shape[:-1])
+    mean = jnp.mean(w, axis=axes, keepdims=True)
+    var = jnp.var(w, axis=axes, keepdims=True)
+    scale = lax.rsqrt(jnp.maximum(var * fan_in, eps))
+    if gain is not None:
+        scale = gain * scale
+    return w * scale - mean * scale
+
+
+def _in_size(x: Any, nd: int) -> tuple:
+    if jnp.ndim(x) < nd + 1:
+        raise ValueError(f"x must have at least {nd + 1} axes (*spatial and channel) for a "
+                         f"{nd}-d kernel, got shape {tuple(jnp.shape(x))}")
+    return tuple(jnp.shape(x)[-(nd + 1):])
+
+
+def conv(
+    x: Any, kernel: Any, *, stride: int | Sequence[int] = 1, padding: Padding | int = 'SAME',
+    lhs_dilation: int | Sequence[int] = 1, rhs_dilation: int | Sequence[int] = 1, groups: int = 1,
+    padding_mode: str = 'ZEROS', channel_first: bool = False, precision: Any = None,
+) -> jax.Array:
+    """N-d convolution of ``x`` with ``kernel`` of shape ``(*kernel_size, C_in // groups, C_out)``.
+
+    The arguments mean what they mean for :class:`brainconv.Conv`.
+    """
+    nd = jnp.ndim(kernel) - 2
+    spec = _args.conv_spec(nd, _in_size(x, nd), kernel.shape[nd + 1], kernel.shape[:nd], stride, padding,
+                           lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
+    _args.kernel_shape(kernel.shape, spec.kernel_shape)
+    return _with_batch(
+        lambda b: conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first, precision),
+        x, nd + 1)
+
+
+def conv_transpose(
+    x: Any, kernel: Any, *, stride: int | Sequence[int] = 1, padding: Padding | int = 'SAME',
+    rhs_dilation: int | Sequence[int] = 1, groups: int = 1, output_padding: int | Sequence[int] = 0,
+    padding_mode: str = 'ZEROS', channel_first: bool = False, precision: Any = None,
+) -> jax.Array:
+    """N-d transposed convolution with ``kernel`` of shape ``(*kernel_size, C_out, C_in // groups)``.
+
+    The arguments mean what they mean for :class:`brainconv.ConvTranspose`.
+    """
+    nd = jnp.ndim(kernel) - 2
+    spec = _args.conv_transpose_spec(nd, _in_size(x, nd), kernel.shape[nd], kernel.shape[:nd], stride, padding,
+                                     rhs_dilation, groups, output_padding, padding_mode, channel_first)
+    _args.kernel_shape(kernel.shape, spec.kernel_shape)
+    return _with_batch(
+        lambda b: conv_transpose_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode,
+                                          channel_first, precision),
+        x, nd + 1)

@@ -1,0 +1,429 @@
+"""brainstate Modules: Conv, ConvTranspose, ScaledWSConv and their 1d/2d/3d names.
+
+A layer validates its arguments once (:mod:`brainconv._args`), learns every
+shape at construction from closed-form arithmetic (:mod:`brainconv.shapes`),
+holds its weights in one ``param_type`` state, and at call time splits units
+off (:mod:`brainconv._units`), runs a functional op
+(:mod:`brainconv.functional`) and puts the units back.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Any, Callable, Sequence, Tuple, Union
+
+import brainstate
+import braintools
+import jax.numpy as jnp
+import numpy as np
+
+from . import _args, _units, functional
+from .shapes import Padding, adjoint_output_padding
+
+__all__ = [
+    'Conv', 'Conv1d', 'Conv2d', 'Conv3d',
+    'ConvTranspose', 'ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d',
+    'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
+]
+
+IntOrSeq = Union[int, Sequence[int]]
+Init = Union[Callable[..., Any], Any]
+
+
+def _materialize(init: Init, shape: Tuple[int, ...], name: str) -> Any:
+    """Array of ``shape`` from an initializer (called with the shape) or an array."""
+    value = init(shape) if callable(init) else init
+    if not hasattr(value, 'shape'):
+        value = jnp.asarray(value)
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must give an array of shape {tuple(shape)}, got shape {tuple(value.shape)}")
+    return value
+
+
+class _ConvBase(brainstate.nn.Module):
+    """Machinery shared by every layer here; not public."""
+
+    num_spatial_dims: int
+
+    def _setup(self, spec: _args.ConvSpec, w_init: Init, b_init: Init | None, w_mask: Init | None,
+               param_type: type, precision: Any) -> None:
+        """Everything after validation: masks and weights first, then attributes."""
+        kernel_shape = spec.kernel_shape
+        mask = None
+        if w_mask is not None:
+            mask = w_mask(kernel_shape) if callable(w_mask) else jnp.asarray(w_mask)
+            _args.mask_shape(jnp.shape(mask), kernel_shape)
+        params = {'weight': _materialize(w_init, kernel_shape, 'w_init')}
+        if b_init is not None:
+            params['bias'] = _materialize(b_init, spec.bias_shape, 'b_init')
+        self.spec = spec
+        self.num_spatial_dims = spec.geometry.num_spatial_dims
+        self.in_size = spec.in_size
+        self.out_size = spec.out_size
+        self.precision = precision
+        self.w_mask = mask
+        self.weight = param_type(params)
+
+    # brainstate.nn.Conv's attribute names, read from the one spec.
+    in_channels = property(lambda self: self.spec.in_channels)
+    out_channels = property(lambda self: self.spec.out_channels)
+    groups = property(lambda self: self.spec.groups)
+    kernel_shape = property(lambda self: self.spec.kernel_shape)
+    kernel_size = property(lambda self: self.spec.geometry.kernel_size)
+    stride = property(lambda self: self.spec.geometry.stride)
+    lhs_dilation = property(lambda self: self.spec.geometry.lhs_dilation)
+    rhs_dilation = property(lambda self: self.spec.geometry.rhs_dilation)
+    padding = property(lambda self: self.spec.padding)
+    padding_mode = property(lambda self: self.spec.padding_mode)
+    channel_first = property(lambda self: self.spec.channel_first)
+    channels_last = property(lambda self: not self.spec.channel_first)
+    pads = property(lambda self: self.spec.geometry.pads, doc="Resolved (low, high) pads per spatial axis.")
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(np.shape(v)) for v in self.weight.value.values())
+
+    def kernel(self) -> Any:
+        """The kernel the layer convolves with (mask and any standardisation applied)."""
+        w, unit = self._kernel_mantissa()
+        return _units.attach(w, unit)
+
+    def _kernel_mantissa(self) -> Tuple[Any, Any]:
+        w, unit = _units.split(self.weight.value['weight'])
+        if self.w_mask is not None:
+            w = w * self.w_mask
+        return w, unit
+
+    def _op(self, x: Any, w: Any) -> Any:
+        raise NotImplementedError
+
+    def update(self, x: Any) -> Any:
+        """Convolve ``x`` of shape ``(*batch, *in_size)``; returns ``(*batch, *out_size)``."""
+        xm, x_unit = _units.split(x)
+        _args.input_array(jnp.shape(xm), jnp.result_type(xm), self.in_size, type(self).__name__)
+        w, w_unit = self._kernel_mantissa()
+        out_unit = _units.product(x_unit, w_unit)
+        params = self.weight.value
+        bias = _units.bias_mantissa(params['bias'], out_unit, type(self).__name__) if 'bias' in params else None
+
+        def run(batched):
+            y = self._op(batched, w)
+            return y if bias is None else y + bias
+
+        return _units.attach(functional._with_batch(run, xm, len(self.in_size)), out_unit)
+
+    def __repr__(self) -> str:
+        g = self.spec.geometry
+        padding = self.spec.padding if isinstance(self.spec.padding, str) else 'explicit'
+        mode = '' if self.spec.padding_mode == 'ZEROS' else f' {self.spec.padding_mode}'
+        return (f"{type(self).__name__}({self.in_size} -> {self.out_size}, kernel={g.kernel_size}, "
+                f"stride={g.stride}, padding={padding}{mode} {g.pads}, groups={self.groups}, "
+                f"params={self.num_params})")
+
+
+_SHARED_ARGS = """\
+    in_size : sequence of int
+        Input shape without batch axes: ``(*spatial, C)``, or ``(C, *spatial)`` with
+        ``channel_first=True``; {nd} spatial sizes.
+    out_channels : int
+        Output channels.
+    kernel_size : int or sequence of {nd} ints
+    stride : int or sequence of {nd} ints, default 1
+    padding : str, int, or pairs, default 'SAME'
+        'SAME' (``ceil(n / stride)`` outputs, odd extra pad at the end), 'SAME_LOWER' (odd
+        extra pad at the start), 'VALID', 'CAUSAL' (all ``(k - 1) * rhs_dilation`` pads before
+        each axis), any case; an int; one int per axis; one ``(low, high)`` pair per axis;
+        one pair for every axis.  See :mod:`brainconv.shapes` for the exact formulas.
+"""
+
+_SHARED_TAIL = """\
+    w_init : initializer or array, default ``braintools.init.XavierNormal()``
+        Called with the kernel shape; may give brainunit Quantities.
+    b_init : initializer or array, optional
+        Bias, shaped to broadcast over the output's channel axis; no bias when None.
+    w_mask : initializer or array, optional
+        Broadcastable to the kernel shape and multiplied into the kernel at every call;
+        masked-out entries get zero gradient.
+    channel_first : bool, default False
+        Channels-first layout ``(*batch, C, *spatial)``.
+    name : str, optional
+    param_type : type, default ``brainstate.ParamState``
+        State class holding ``{{'weight': ..., 'bias': ...}}``.
+    padding_mode : str, default 'ZEROS'
+        {modes}
+    precision : optional
+        Passed to ``jax.lax.conv_general_dilated``.
+"""
+
+_CALL = """
+    Calling the layer on ``x`` of shape ``(*batch, *in_size)`` (no batch axis, one, or
+    several) returns ``(*batch, *out_size)``.  ``out_size`` is known at construction.
+    A Quantity input (or Quantity weights) gives an output in unit(x) * unit(w).
+"""
+
+_CONV_DOC = """{title}
+
+    A cross-correlation over {dims} via ``jax.lax.conv_general_dilated``, grouped
+    (``groups``) and depthwise (``groups = in_channels``; ``out_channels = m * in_channels``
+    is a depth multiplier), with input (lhs) and kernel (rhs) dilation.  The kernel has
+    shape ``(*kernel_size, in_channels // groups, out_channels)``.
+{call}
+    Parameters
+    ----------
+{num}{shared}    lhs_dilation : int or sequence of {nd} ints, default 1
+        Input dilation (zeros inserted between input positions).
+    rhs_dilation : int or sequence of {nd} ints, default 1
+        Kernel dilation.
+    groups : int, default 1
+        Divides in_channels and out_channels.
+{extra}{tail}
+    Examples
+    --------
+    >>> import brainconv, jax.numpy as jnp
+    >>> layer = brainconv.{example}
+    >>> layer.out_size
+    {example_out}
+"""
+
+_TRANSPOSE_DOC = """{title}
+
+    The linear adjoint of the convolution with the same kernel_size, stride, padding,
+    rhs_dilation and groups (channel counts swapped): it maps that convolution's output
+    shape back to its input shape with the same connectivity.  The kernel has shape
+    ``(*kernel_size, out_channels, in_channels // groups)`` and is not flipped by the user:
+    for ``groups=1``, ``Conv.transpose()`` uses the convolution's kernel array as it is.
+
+    Output length per axis, ``m`` the input length: ``(m - 1) * stride + (k - 1) *
+    rhs_dilation + 1 - low - high + output_padding`` for VALID or explicit pads;
+    ``m * stride - output_padding`` for SAME, SAME_LOWER and CAUSAL.
+{call}
+    Parameters
+    ----------
+{num}{shared}    rhs_dilation : int or sequence of {nd} ints, default 1
+    groups : int, default 1
+{tail}    output_padding : int or sequence of {nd} ints, default 0
+        Picks among the output shapes a stride > 1 maps to one input shape; smaller
+        than max(stride, rhs_dilation).
+
+    Examples
+    --------
+    >>> import brainconv
+    >>> layer = brainconv.{example}
+    >>> layer.out_size
+    {example_out}
+"""
+
+_WS_EXTRA = """    ws_gain : bool, default True
+        Learn a per-output-channel gain ``'gain'`` multiplied into the standardised kernel.
+    eps : float, default 1e-4
+        Lower bound on ``fan_in * var(w)`` in the standardisation.
+"""
+
+_MODES = ("'ZEROS', 'REFLECT', 'REPLICATE' or 'CIRCULAR' (torch's spellings too): a non-zero\n"
+          "        mode pads the input that way, then runs a VALID convolution.")
+_TRANSPOSE_MODES = "'ZEROS' or 'CIRCULAR' (the adjoint of a circular-padded convolution)."
+
+_EXAMPLES = {
+    # (class stem, nd): (constructor text, out_size)
+    ('Conv', 1): ("Conv1d((100, 3), 8, kernel_size=5, stride=2)", "(50, 8)"),
+    ('Conv', 2): ("Conv2d((28, 28, 1), 16, kernel_size=3, padding='VALID')", "(26, 26, 16)"),
+    ('Conv', 3): ("Conv3d((8, 8, 8, 2), 4, kernel_size=3, stride=2)", "(4, 4, 4, 4)"),
+    ('Conv', None): ("Conv(2, (32, 32, 3), 8, kernel_size=3, padding='CAUSAL')", "(32, 32, 8)"),
+    ('ConvTranspose', 1): ("ConvTranspose1d((50, 8), 3, kernel_size=4, stride=2)", "(100, 3)"),
+    ('ConvTranspose', 2): ("ConvTranspose2d((14, 14, 16), 1, kernel_size=3, stride=2, padding=1, output_padding=1)",
+                           "(28, 28, 1)"),
+    ('ConvTranspose', 3): ("ConvTranspose3d((4, 4, 4, 4), 2, kernel_size=3, stride=2)", "(8, 8, 8, 2)"),
+    ('ConvTranspose', None): ("ConvTranspose(2, (16, 16, 8), 3, kernel_size=3, stride=2, padding='VALID')",
+                              "(33, 33, 3)"),
+    ('ScaledWSConv', 1): ("ScaledWSConv1d((100, 3), 8, kernel_size=5)", "(100, 8)"),
+    ('ScaledWSConv', 2): ("ScaledWSConv2d((28, 28, 1), 16, kernel_size=3, stride=2)", "(14, 14, 16)"),
+    ('ScaledWSConv', 3): ("ScaledWSConv3d((8, 8, 8, 2), 4, kernel_size=3)", "(8, 8, 8, 4)"),
+    ('ScaledWSConv', None): ("ScaledWSConv(1, (64, 2), 4, kernel_size=3, rhs_dilation=2)", "(64, 4)"),
+}
+
+_TITLES = {
+    'Conv': "{rank} convolution layer with weights in a brainstate ``ParamState``.",
+    'ConvTranspose': "{rank} transposed convolution layer (the adjoint of :class:`Conv{suffix}`).",
+    'ScaledWSConv': "{rank} weight-standardised convolution: as :class:`Conv{suffix}`, with the kernel "
+                    "standardised per output channel at every call.",
+}
+
+
+def _render(stem: str, nd: int | None) -> str:
+    """The one docstring of ``stem``, rendered for rank ``nd`` (None: the generic N-d class)."""
+    rank = f'{nd}-d' if nd else 'N-d'
+    suffix = f'{nd}d' if nd else ''
+    fields = dict(
+        nd=nd or 'num_spatial_dims', title=_TITLES[stem].format(rank=rank, suffix=suffix),
+        dims=f'{nd} spatial axes' if nd else '``num_spatial_dims`` spatial axes',
+        num='' if nd else '    num_spatial_dims : int\n        Number of spatial axes (1 for Conv1d, ...).\n',
+        call=_CALL, extra=_WS_EXTRA if stem == 'ScaledWSConv' else '',
+        example=_EXAMPLES[stem, nd][0], example_out=_EXAMPLES[stem, nd][1])
+    fields['shared'] = _SHARED_ARGS.format(**fields)
+    fields['tail'] = _SHARED_TAIL.format(modes=_TRANSPOSE_MODES if stem == 'ConvTranspose' else _MODES)
+    return (_TRANSPOSE_DOC if stem == 'ConvTranspose' else _CONV_DOC).format(**fields)
+
+
+class Conv(_ConvBase):
+    __doc__ = _render('Conv', None)
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        in_size: Sequence[int],
+        out_channels: int,
+        kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1,
+        padding: Union[Padding, int, Sequence] = 'SAME',
+        lhs_dilation: IntOrSeq = 1,
+        rhs_dilation: IntOrSeq = 1,
+        groups: int = 1,
+        w_init: Init = braintools.init.XavierNormal(),
+        b_init: Init | None = None,
+        w_mask: Init | None = None,
+        channel_first: bool = False,
+        name: str | None = None,
+        param_type: type = brainstate.ParamState,
+        padding_mode: str = 'ZEROS',
+        precision: Any = None,
+    ):
+        spec = _args.conv_spec(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding,
+                               lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
+        super().__init__(name=name)
+        self._setup(spec, w_init, b_init, w_mask, param_type, precision)
+
+    def _op(self, x, w):
+        return functional.conv_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
+                                        self.channel_first, self.precision)
+
+    def transpose(self) -> ConvTranspose:
+        """The ConvTranspose that computes exactly the adjoint of this layer's linear part.
+
+        Its kernel is laid out from this layer's current kernel (mask and any
+        standardisation applied); it has no bias.  Needs lhs_dilation 1 and
+        padding_mode 'ZEROS' or 'CIRCULAR'.
+        """
+        g = self.spec.geometry
+        if any(d != 1 for d in g.lhs_dilation):
+            raise ValueError(f"transpose() needs lhs_dilation 1, got {g.lhs_dilation}")
+        if self.padding_mode not in ('ZEROS', 'CIRCULAR'):
+            raise ValueError(f"transpose() supports padding_mode 'ZEROS' or 'CIRCULAR', got {self.padding_mode!r}")
+        w, unit = self._kernel_mantissa()
+        kernel = _units.attach(functional.transpose_kernel(w, self.groups), unit)
+        nd = self.num_spatial_dims
+        cls = _RANKED.get((ConvTranspose, nd))
+        make = functools.partial(cls) if cls else functools.partial(ConvTranspose, nd)
+        return make(
+            self.out_size, self.in_channels, g.kernel_size, stride=g.stride,
+            padding=g.pads, rhs_dilation=g.rhs_dilation, groups=self.groups, w_init=kernel,
+            channel_first=self.channel_first, padding_mode=self.padding_mode,
+            precision=self.precision, output_padding=adjoint_output_padding(g))
+
+
+class ScaledWSConv(Conv):
+    __doc__ = _render('ScaledWSConv', None)
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        in_size: Sequence[int],
+        out_channels: int,
+        kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1,
+        padding: Union[Padding, int, Sequence] = 'SAME',
+        lhs_dilation: IntOrSeq = 1,
+        rhs_dilation: IntOrSeq = 1,
+        groups: int = 1,
+        ws_gain: bool = True,
+        eps: float = 1e-4,
+        w_init: Init = braintools.init.XavierNormal(),
+        b_init: Init | None = None,
+        w_mask: Init | None = None,
+        channel_first: bool = False,
+        name: str | None = None,
+        param_type: type = brainstate.ParamState,
+        padding_mode: str = 'ZEROS',
+        precision: Any = None,
+    ):
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"eps must be a positive float, got {eps!r}")
+        super().__init__(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding, lhs_dilation,
+                         rhs_dilation, groups, w_init, b_init, w_mask, channel_first, name, param_type,
+                         padding_mode, precision)
+        self.eps = float(eps)
+        if ws_gain:
+            gain = jnp.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,))
+            self.weight.value = {**self.weight.value, 'gain': gain}
+
+    def _kernel_mantissa(self):
+        # A standardised kernel is dimensionless: the output keeps the input's unit.
+        params = self.weight.value
+        w, _ = _units.split(params['weight'])
+        w = functional.weight_standardize(w, self.eps, params.get('gain'))
+        if self.w_mask is not None:
+            w = w * self.w_mask
+        return w, None
+
+
+class ConvTranspose(_ConvBase):
+    __doc__ = _render('ConvTranspose', None)
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        in_size: Sequence[int],
+        out_channels: int,
+        kernel_size: IntOrSeq,
+        stride: IntOrSeq = 1,
+        padding: Union[Padding, int, Sequence] = 'SAME',
+        rhs_dilation: IntOrSeq = 1,
+        groups: int = 1,
+        w_init: Init = braintools.init.XavierNormal(),
+        b_init: Init | None = None,
+        w_mask: Init | None = None,
+        channel_first: bool = False,
+        name: str | None = None,
+        param_type: type = brainstate.ParamState,
+        padding_mode: str = 'ZEROS',
+        precision: Any = None,
+        output_padding: IntOrSeq = 0,
+    ):
+        spec = _args.conv_transpose_spec(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding,
+                                         rhs_dilation, groups, output_padding, padding_mode, channel_first)
+        super().__init__(name=name)
+        self._setup(spec, w_init, b_init, w_mask, param_type, precision)
+
+    output_padding = property(lambda self: self.spec.geometry.output_padding)
+
+    def _op(self, x, w):
+        return functional.conv_transpose_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
+                                                  self.channel_first, self.precision)
+
+
+def _show_signature(cls: type, drop: int) -> None:
+    """Let ``inspect.signature(cls)`` (and Jupyter's ``?``) show the constructor's arguments."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[drop:]
+    cls.__signature__ = inspect.Signature(params)
+
+
+def _fixed_rank(base: type, nd: int) -> type:
+    """``{base}{nd}d``: ``base`` with ``num_spatial_dims`` fixed; same signature otherwise."""
+    cls = type(f'{base.__name__}{nd}d', (base,), {
+        '__init__': functools.partialmethod(base.__init__, nd),
+        '__doc__': _render(base.__name__, nd),
+        '__module__': __name__,
+        '__qualname__': f'{base.__name__}{nd}d',
+    })
+    _show_signature(cls, 1)
+    _RANKED[base, nd] = cls
+    return cls
+
+
+_RANKED: dict = {}
+for _base in (Conv, ConvTranspose, ScaledWSConv):
+    _show_signature(_base, 1)
+Conv1d, Conv2d, Conv3d = (_fixed_rank(Conv, nd) for nd in (1, 2, 3))
+ConvTranspose1d, ConvTranspose2d, ConvTranspose3d = (_fixed_rank(ConvTranspose, nd) for nd in (1, 2, 3))
+ScaledWSConv1d, ScaledWSConv2d, ScaledWSConv3d = (_fixed_rank(ScaledWSConv, nd) for nd in (1, 2, 3))

@@ -1,0 +1,280 @@
+"""Closed-form shape arithmetic for convolutions.
+
+Pure integer arithmetic on already-normalised arguments (tuples, one entry per
+spatial axis).  Nothing here imports JAX: layers read their ``out_size`` from
+these functions at construction, the functional ops read the resolved pads,
+and the summary tools read the receptive field.  Every formula in the package
+lives here once.
+
+Conventions, per spatial axis:
+
+* ``n`` is an input length, ``k`` a kernel length, ``s`` a stride, ``d`` a
+  kernel (rhs) dilation, ``ld`` an input (lhs) dilation.
+* The *span* of a kernel is ``(k - 1) * d + 1``: the number of input positions
+  one output position reads.
+* Pads are ``(low, high)`` pairs counted in positions of the (lhs-dilated)
+  input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Sequence, Tuple, Union
+
+Pads = Tuple[Tuple[int, int], ...]
+Padding = Union[str, Pads]
+
+#: The padding strings understood everywhere (after upper-casing).
+PADDING_STRINGS = ('SAME', 'SAME_LOWER', 'VALID', 'CAUSAL')
+#: The padding modes understood everywhere (after upper-casing).
+PADDING_MODES = ('ZEROS', 'REFLECT', 'REPLICATE', 'CIRCULAR')
+
+__all__ = [
+    'PADDING_STRINGS', 'PADDING_MODES', 'ConvGeometry',
+    'kernel_span', 'dilated_length', 'resolve_pads', 'conv_out_length',
+    'transpose_out_length', 'transpose_lax_pads', 'adjoint_output_padding',
+    'conv_geometry', 'conv_transpose_geometry',
+    'ReceptiveField', 'receptive_field_step',
+]
+
+
+def kernel_span(k: int, d: int = 1) -> int:
+    """Input positions covered by a kernel of length ``k`` dilated by ``d``."""
+    return (k - 1) * d + 1
+
+
+def dilated_length(n: int, ld: int = 1) -> int:
+    """Length of an input of length ``n`` after lhs dilation ``ld``."""
+    return (n - 1) * ld + 1
+
+
+def _string_pads(padding: str, n: int, k: int, s: int, d: int) -> Tuple[int, int]:
+    """The ``(low, high)`` pads a padding string resolves to on one axis.
+
+    ``n`` is the (dilated) input length.  SAME gives ``ceil(n / s)`` outputs,
+    with the odd extra pad at the end (SAME_LOWER: at the start); CAUSAL puts
+    all ``span - 1`` pads before the axis, whatever the stride.
+    """
+    span = kernel_span(k, d)
+    if padding == 'VALID':
+        return 0, 0
+    if padding == 'CAUSAL':
+        return span - 1, 0
+    out = -(-n // s)
+    total = max((out - 1) * s + span - n, 0)
+    small, large = total // 2, total - total // 2
+    if padding == 'SAME':
+        return small, large
+    if padding == 'SAME_LOWER':
+        return large, small
+    raise ValueError(f"padding must be one of {PADDING_STRINGS}, got {padding!r}")
+
+
+def resolve_pads(
+    padding: Padding,
+    in_spatial: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    rhs_dilation: Sequence[int],
+    lhs_dilation: Sequence[int] | None = None,
+) -> Pads:
+    """Explicit ``(low, high)`` pads for every spatial axis.
+
+    ``padding`` is an upper-case padding string or already a tuple of pairs
+    (returned unchanged).  With ``lhs_dilation`` the string is resolved
+    against the dilated input length.
+    """
+    if not isinstance(padding, str):
+        return tuple((int(lo), int(hi)) for lo, hi in padding)
+    lhs_dilation = lhs_dilation or (1,) * len(in_spatial)
+    return tuple(
+        _string_pads(padding, dilated_length(n, ld), k, s, d)
+        for n, k, s, d, ld in zip(in_spatial, kernel_size, stride, rhs_dilation, lhs_dilation)
+    )
+
+
+def conv_out_length(n: int, k: int, s: int, lo: int, hi: int, ld: int = 1, d: int = 1) -> int:
+    """Output length of a convolution along one axis (may be < 1: not checked)."""
+    return (dilated_length(n, ld) + lo + hi - kernel_span(k, d)) // s + 1
+
+
+def transpose_out_length(
+    m: int, k: int, s: int, d: int, padding: Union[str, Tuple[int, int]], output_padding: int
+) -> int:
+    """Output length of a transposed convolution along one axis.
+
+    For explicit ``(lo, hi)`` pads (VALID is ``(0, 0)``) this is PyTorch's
+    ``(m - 1) * s + span - lo - hi + output_padding``; for SAME, SAME_LOWER and
+    CAUSAL it is ``m * s - output_padding``, the largest length a stride-``s``
+    SAME/CAUSAL convolution maps to ``m`` outputs, less ``output_padding``.
+    """
+    if isinstance(padding, str):
+        if padding == 'VALID':
+            padding = (0, 0)
+        else:
+            return m * s - output_padding
+    lo, hi = padding
+    return (m - 1) * s + kernel_span(k, d) - lo - hi + output_padding
+
+
+def transpose_lax_pads(m: int, n: int, k: int, s: int, d: int, lo: int, hi: int) -> Tuple[int, int]:
+    """Pads of the lhs-dilated, flipped-kernel convolution that computes a transpose.
+
+    The transposed convolution maps ``m`` inputs to ``n`` outputs as the
+    adjoint of the forward convolution with pads ``(lo, hi)`` on an input of
+    length ``n``.  The stride-``s`` lhs-dilated input has ``(m - 1) * s + 1``
+    positions; these pads (possibly negative, which crops) make a stride-1
+    convolution of span ``(k - 1) * d + 1`` return exactly ``n`` outputs.
+    """
+    low = kernel_span(k, d) - 1 - lo
+    return low, n - (m - 1) * s - 1 + lo
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Every shape fact of one (transposed) convolution, resolved once.
+
+    ``pads`` are always the pads of the *forward* convolution whose input has
+    ``in_spatial`` positions (for a Conv) or ``out_spatial`` positions (for a
+    ConvTranspose, which is that convolution's adjoint).
+    """
+
+    in_spatial: Tuple[int, ...]
+    out_spatial: Tuple[int, ...]
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    pads: Pads
+    lhs_dilation: Tuple[int, ...]
+    rhs_dilation: Tuple[int, ...]
+    transposed: bool = False
+    output_padding: Tuple[int, ...] = ()
+
+    @property
+    def num_spatial_dims(self) -> int:
+        return len(self.kernel_size)
+
+    def lax_pads(self) -> Pads:
+        """Pads to hand ``lax.conv_general_dilated`` for a zero-padded op."""
+        if not self.transposed:
+            return self.pads
+        return tuple(
+            transpose_lax_pads(m, n, k, s, d, lo, hi)
+            for m, n, k, s, d, (lo, hi) in zip(
+                self.in_spatial, self.out_spatial, self.kernel_size, self.stride,
+                self.rhs_dilation, self.pads)
+        )
+
+
+def _check_positive_output(in_spatial, kernel_size, rhs_dilation, pads, lhs_dilation):
+    for axis, (n, k, d, (lo, hi), ld) in enumerate(
+            zip(in_spatial, kernel_size, rhs_dilation, pads, lhs_dilation)):
+        span = kernel_span(k, d)
+        padded = dilated_length(n, ld) + lo + hi
+        if padded < span:
+            raise ValueError(
+                f"kernel {k} with rhs_dilation {d} spans {span} but the padded input "
+                f"has {padded} on axis {axis} (input {n}, lhs_dilation {ld}, pads {(lo, hi)}): "
+                f"the output would be empty")
+
+
+def conv_geometry(
+    in_spatial: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Padding,
+    lhs_dilation: Sequence[int],
+    rhs_dilation: Sequence[int],
+) -> ConvGeometry:
+    """Resolve a convolution's pads and output size; ValueError if it is empty."""
+    pads = resolve_pads(padding, in_spatial, kernel_size, stride, rhs_dilation, lhs_dilation)
+    _check_positive_output(in_spatial, kernel_size, rhs_dilation, pads, lhs_dilation)
+    out = tuple(
+        conv_out_length(n, k, s, lo, hi, ld, d)
+        for n, k, s, (lo, hi), ld, d in zip(in_spatial, kernel_size, stride, pads, lhs_dilation, rhs_dilation)
+    )
+    return ConvGeometry(tuple(in_spatial), out, tuple(kernel_size), tuple(stride), pads,
+                        tuple(lhs_dilation), tuple(rhs_dilation))
+
+
+def conv_transpose_geometry(
+    in_spatial: Sequence[int],
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Padding,
+    rhs_dilation: Sequence[int],
+    output_padding: Sequence[int],
+) -> ConvGeometry:
+    """Resolve a transposed convolution's output size and its forward pads.
+
+    ValueError if an output length would be below 1.
+    """
+    nd = len(in_spatial)
+    per_axis = [padding] * nd if isinstance(padding, str) else list(padding)
+    out = tuple(
+        transpose_out_length(m, k, s, d, p, op)
+        for m, k, s, d, p, op in zip(in_spatial, kernel_size, stride, rhs_dilation, per_axis, output_padding)
+    )
+    for axis, (m, n) in enumerate(zip(in_spatial, out)):
+        if n < 1:
+            raise ValueError(
+                f"the transposed convolution would have output length {n} on axis {axis} "
+                f"(input {m}, kernel {kernel_size[axis]}, stride {stride[axis]}, "
+                f"rhs_dilation {rhs_dilation[axis]}, padding {per_axis[axis]!r}, "
+                f"output_padding {output_padding[axis]}); it must be at least 1")
+    pads = resolve_pads(padding, out, kernel_size, stride, rhs_dilation)
+    return ConvGeometry(tuple(in_spatial), out, tuple(kernel_size), tuple(stride), pads,
+                        (1,) * nd, tuple(rhs_dilation), transposed=True, output_padding=tuple(output_padding))
+
+
+def adjoint_output_padding(geometry: ConvGeometry) -> Tuple[int, ...]:
+    """The output_padding that makes a transposed convolution with this
+    convolution's explicit pads return its input length: the remainder
+    ``(n + lo + hi - span) mod s`` that the stride dropped."""
+    return tuple(
+        (dilated_length(n, ld) + lo + hi - kernel_span(k, d)) % s
+        for n, k, s, d, ld, (lo, hi) in zip(geometry.in_spatial, geometry.kernel_size, geometry.stride,
+                                           geometry.rhs_dilation, geometry.lhs_dilation, geometry.pads))
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Receptive field of one output position with respect to the network input.
+
+    ``size``: input positions an output position depends on; ``jump``: input
+    distance between neighbouring output positions; ``start``: input
+    coordinate of the centre of the first output position's field.  Fractions
+    appear after lhs dilation or transposed convolution.
+    """
+
+    size: Tuple[Fraction, ...]
+    jump: Tuple[Fraction, ...]
+    start: Tuple[Fraction, ...]
+
+    @classmethod
+    def identity(cls, num_spatial_dims: int) -> ReceptiveField:
+        one, zero = Fraction(1), Fraction(0)
+        return cls((one,) * num_spatial_dims, (one,) * num_spatial_dims, (zero,) * num_spatial_dims)
+
+
+def receptive_field_step(rf: ReceptiveField, geometry: ConvGeometry) -> ReceptiveField:
+    """The standard recurrence ``r' = r + (span - 1) j``, ``j' = j s``,
+    ``start' = start + ((span - 1) / 2 - low) j``, applied to one layer.
+
+    A layer with lhs dilation ``ld`` first divides the jump by ``ld``; a
+    transposed convolution is the stride-1 convolution over its stride-dilated
+    input, with the pads :func:`transpose_lax_pads` gives.
+    """
+    if geometry.transposed:
+        ld, strides, pads = geometry.stride, (1,) * geometry.num_spatial_dims, geometry.lax_pads()
+    else:
+        ld, strides, pads = geometry.lhs_dilation, geometry.stride, geometry.pads
+    size, jump, start = [], [], []
+    for r, j, st, k, d, l_dil, s, (lo, _) in zip(
+            rf.size, rf.jump, rf.start, geometry.kernel_size, geometry.rhs_dilation, ld, strides, pads):
+        j = j / l_dil
+        span = kernel_span(k, d)
+        size.append(r + (span - 1) * j)
+        start.append(st + (Fraction(span - 1, 2) - lo) * j)
+        jump.append(j * s)
+    return ReceptiveField(tuple(size), tuple(jump), tuple(start))
