@@ -55,6 +55,7 @@ class _ConvBase(brainstate.nn.Module):
         if w_mask is not None:
             mask = w_mask(kernel_shape) if callable(w_mask) else jnp.asarray(w_mask)
             _args.mask_shape(jnp.shape(mask), kernel_shape)
+            mask = jnp.reshape(mask, (1,) * (len(kernel_shape) - jnp.ndim(mask)) + jnp.shape(mask))
         params = {'weight': _materialize(w_init, kernel_shape, 'w_init')}
         if b_init is not None:
             params['bias'] = _materialize(b_init, spec.bias_shape, 'b_init')
@@ -85,13 +86,13 @@ class _ConvBase(brainstate.nn.Module):
     def num_params(self) -> int:
         return sum(math.prod(np.shape(v)) for v in self.weight.value.values())
 
-    def kernel(self) -> Any:
+    def kernel(self, params: Optional[dict] = None) -> Any:
         """The kernel the layer convolves with (mask and any standardisation applied)."""
-        w, unit = self._kernel_mantissa()
+        w, unit = self._kernel_mantissa(self.weight.value if params is None else params)
         return _units.attach(w, unit)
 
-    def _kernel_mantissa(self) -> Tuple[Any, Any]:
-        w, unit = _units.split(self.weight.value['weight'])
+    def _kernel_mantissa(self, params: dict) -> Tuple[Any, Any]:
+        w, unit = _units.split(params['weight'])
         if self.w_mask is not None:
             w = w * self.w_mask
         return w, unit
@@ -101,16 +102,23 @@ class _ConvBase(brainstate.nn.Module):
 
     def update(self, x: Any) -> Any:
         """Convolve ``x`` of shape ``(*batch, *in_size)``; returns ``(*batch, *out_size)``."""
+        return self.apply(self.weight.value, x)
+
+    def apply(self, params: dict, x: Any) -> Any:
+        """``update`` with explicit parameters: a pure function of ``(params, x)``.
+
+        ``params`` has the layout of ``self.weight.value``; use it with raw
+        ``jax.grad``/``jax.jit``, which cannot write brainstate states.
+        """
         xm, x_unit = _units.split(x)
         _args.input_array(jnp.shape(xm), jnp.result_type(xm), self.in_size, type(self).__name__)
-        w, w_unit = self._kernel_mantissa()
+        w, w_unit = self._kernel_mantissa(params)
         out_unit = _units.product(x_unit, w_unit)
-        params = self.weight.value
         bias = _units.bias_mantissa(params['bias'], out_unit, type(self).__name__) if 'bias' in params else None
 
         def run(batched):
             y = self._op(batched, w)
-            return y if bias is None else y + bias
+            return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - jnp.ndim(bias)) + jnp.shape(bias))
 
         return _units.attach(functional._with_batch(run, xm, len(self.in_size)), out_unit)
 
@@ -310,7 +318,7 @@ class Conv(_ConvBase):
             raise ValueError(f"transpose() needs lhs_dilation 1, got {g.lhs_dilation}")
         if self.padding_mode not in ('ZEROS', 'CIRCULAR'):
             raise ValueError(f"transpose() supports padding_mode 'ZEROS' or 'CIRCULAR', got {self.padding_mode!r}")
-        w, unit = self._kernel_mantissa()
+        w, unit = self._kernel_mantissa(self.weight.value)
         kernel = _units.attach(functional.transpose_kernel(w, self.groups), unit)
         nd = self.num_spatial_dims
         cls = _RANKED.get((ConvTranspose, nd))
@@ -357,9 +365,8 @@ class ScaledWSConv(Conv):
             gain = jnp.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,))
             self.weight.value = {**self.weight.value, 'gain': gain}
 
-    def _kernel_mantissa(self):
+    def _kernel_mantissa(self, params):
         # A standardised kernel is dimensionless: the output keeps the input's unit.
-        params = self.weight.value
         w, _ = _units.split(params['weight'])
         w = functional.weight_standardize(w, self.eps, params.get('gain'))
         if self.w_mask is not None:

@@ -1,0 +1,201 @@
+"""Every layer against the NumPy oracle over random configurations, plus the adjoint identity."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _configs import (cheap_init, conv_configs, conv_is_valid, from_reference_layout, init_array,
+                      to_reference_layout, transpose_configs)
+from hypothesis import given, settings
+from jax.test_util import check_grads
+
+import _reference as ref
+import brainconv
+
+TOL = dict(rtol=2e-4, atol=2e-4)
+
+
+def _in_size(spatial, channels, channel_first):
+    return (channels,) + tuple(spatial) if channel_first else tuple(spatial) + (channels,)
+
+
+def _build_conv(c, seed=0):
+    in_size = _in_size(c['spatial'], c['cin'], c['channel_first'])
+    return brainconv.Conv(
+        c['nd'], in_size, c['cout'], c['kernel'], stride=c['stride'], padding=c['user_padding'],
+        lhs_dilation=c['lhs'], rhs_dilation=c['rhs'], groups=c['groups'], w_init=cheap_init(seed),
+        b_init=cheap_init(seed + 1) if c['bias'] else None, channel_first=c['channel_first'],
+        padding_mode=c['mode_spelling'])
+
+
+@settings(max_examples=150)
+@given(conv_configs())
+def test_conv_matches_reference(c):
+    if not conv_is_valid(c):
+        with pytest.raises(ValueError):
+            _build_conv(c)
+        return
+    layer = _build_conv(c)
+    x = np.random.default_rng(1).standard_normal(c['batch'] + layer.in_size).astype(np.float32)
+    y = layer(jnp.asarray(x))
+    assert y.shape == c['batch'] + layer.out_size
+    params = layer.weight.value
+    expected = ref.conv(to_reference_layout(x, len(c['batch']), c['channel_first']), params['weight'],
+                        c['stride'], c['pads'], c['lhs'], c['rhs'], c['groups'], c['mode'])
+    if c['bias']:
+        expected = expected + np.asarray(params['bias']).reshape(-1)
+    np.testing.assert_allclose(y, from_reference_layout(expected, c['batch'], c['channel_first']), **TOL)
+
+
+def _build_transpose(c, seed=0):
+    in_size = _in_size(c['m'], c['cin'], c['channel_first'])
+    return brainconv.ConvTranspose(
+        c['nd'], in_size, c['cout'], c['kernel'], stride=c['stride'], padding=c['user_padding'],
+        rhs_dilation=c['rhs'], groups=c['groups'], w_init=cheap_init(seed), channel_first=c['channel_first'],
+        padding_mode=c['mode'], output_padding=c['output_padding'])
+
+
+@settings(max_examples=150)
+@given(transpose_configs())
+def test_conv_transpose_matches_reference(c):
+    if min(c['out']) < 1:
+        with pytest.raises(ValueError, match='output length'):
+            _build_transpose(c)
+        return
+    layer = _build_transpose(c)
+    assert layer.out_size == _in_size(c['out'], c['cout'], c['channel_first'])
+    assert layer.output_padding == c['output_padding']
+    x = np.random.default_rng(1).standard_normal(c['batch'] + layer.in_size).astype(np.float32)
+    y = layer(jnp.asarray(x))
+    expected = ref.conv_transpose(to_reference_layout(x, len(c['batch']), c['channel_first']),
+                                  layer.weight.value['weight'], c['stride'], c['pads'], c['out'], c['rhs'],
+                                  c['groups'], c['mode'])
+    np.testing.assert_allclose(y, from_reference_layout(expected, c['batch'], c['channel_first']), **TOL)
+
+
+def _inner(a, b):
+    return float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
+
+
+@settings(max_examples=80)
+@given(conv_configs(modes=('ZEROS', 'CIRCULAR')))
+def test_transpose_method_is_the_adjoint(c):
+    c = dict(c, lhs=(1,) * c['nd'], bias=False)
+    c['pads'] = c['pads'] if not isinstance(c['padding'], str) else None
+    try:
+        conv = _build_conv(c)
+    except ValueError:
+        return  # empty output: covered by test_conv_matches_reference
+    convT = conv.transpose()
+    assert convT.in_size == conv.out_size and convT.out_size == conv.in_size
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2,) + conv.in_size).astype(np.float32)
+    y = rng.standard_normal((2,) + conv.out_size).astype(np.float32)
+    lhs, rhs = _inner(conv(x), y), _inner(x, convT(y))
+    assert lhs == pytest.approx(rhs, rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize('nd', [1, 2, 3])
+@pytest.mark.parametrize('padding', ['SAME', 'SAME_LOWER', 'VALID', 'CAUSAL', 1])
+@pytest.mark.parametrize('mode', ['ZEROS', 'CIRCULAR'])
+def test_conv_transpose_with_same_arguments_is_adjoint(nd, padding, mode):
+    """A ConvTranspose built from the Conv's own arguments (channels swapped) is its adjoint."""
+    n, k, s, d = (7, 6, 5)[:nd], 3, 2, (1, 2, 1)[:nd]
+    conv = brainconv.Conv(nd, n + (2,), 3, k, stride=s, padding=padding, rhs_dilation=d,
+                          w_init=cheap_init(), padding_mode=mode)
+    # output_padding from the test's own arithmetic: the remainder the stride dropped.
+    pads = conv.pads
+    if isinstance(padding, str) and padding != 'VALID':
+        op = tuple(m * s - nn for m, nn in zip(conv.out_size[:-1], n))
+    else:
+        op = tuple((nn + lo + hi - ((k - 1) * dd + 1)) % s for nn, dd, (lo, hi) in zip(n, d, pads))
+    convT = brainconv.ConvTranspose(nd, conv.out_size, 2, k, stride=s, padding=padding, rhs_dilation=d,
+                                    w_init=conv.weight.value['weight'], padding_mode=mode, output_padding=op)
+    assert convT.out_size == conv.in_size
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(conv.in_size).astype(np.float32)
+    y = rng.standard_normal(conv.out_size).astype(np.float32)
+    assert _inner(conv(x), y) == pytest.approx(_inner(x, convT(y)), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize('groups,cin,cout', [(2, 4, 6), (3, 3, 3), (3, 3, 6)])
+def test_grouped_transpose_is_adjoint(groups, cin, cout):
+    conv = brainconv.Conv2d((6, 5, cin), cout, (3, 2), stride=(2, 1), groups=groups, w_init=cheap_init())
+    convT = conv.transpose()
+    assert convT.kernel_shape == (3, 2, cin, cout // groups)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(conv.in_size).astype(np.float32)
+    y = rng.standard_normal(conv.out_size).astype(np.float32)
+    assert _inner(conv(x), y) == pytest.approx(_inner(x, convT(y)), rel=1e-4, abs=1e-4)
+
+
+def test_transpose_uses_the_kernel_unflipped_for_one_group():
+    conv = brainconv.Conv1d((9, 2), 3, 4, stride=2, w_init=cheap_init())
+    np.testing.assert_array_equal(conv.transpose().weight.value['weight'], conv.weight.value['weight'])
+
+
+@pytest.mark.parametrize('make', [
+    lambda: brainconv.Conv2d((5, 4, 2), 3, 3, stride=2, rhs_dilation=(1, 2), w_init=cheap_init(),
+                             b_init=cheap_init(1)),
+    lambda: brainconv.Conv1d((7, 2), 4, 3, groups=2, padding='CAUSAL', padding_mode='REFLECT', w_init=cheap_init()),
+    lambda: brainconv.Conv2d((2, 5, 5), 2, 2, lhs_dilation=2, channel_first=True, w_init=cheap_init()),
+    lambda: brainconv.ConvTranspose2d((3, 4, 2), 3, 3, stride=2, output_padding=1, w_init=cheap_init()),
+    lambda: brainconv.ConvTranspose1d((5, 2), 2, 3, stride=2, padding_mode='CIRCULAR', w_init=cheap_init()),
+    lambda: brainconv.ScaledWSConv2d((4, 4, 2), 3, 3, w_init=cheap_init(), b_init=cheap_init(1)),
+])
+def test_gradients(make):
+    layer = make()
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2,) + layer.in_size), jnp.float32)
+    check_grads(lambda x, p: layer.apply(p, x), (x, layer.weight.value), order=1, modes=('rev',),
+                atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize('ws_gain', [True, False])
+def test_scaled_ws_conv_matches_reference(ws_gain):
+    layer = brainconv.ScaledWSConv2d((5, 6, 3), 4, (3, 2), stride=(1, 2), ws_gain=ws_gain, eps=1e-4,
+                                     w_init=cheap_init())
+    params = layer.weight.value
+    assert ('gain' in params) == ws_gain
+    if ws_gain:
+        assert params['gain'].shape == (1, 1, 1, 4)
+        layer.weight.value = dict(params, gain=jnp.arange(1.0, 5.0).reshape(1, 1, 1, 4))
+    x = np.random.default_rng(6).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    gain = layer.weight.value.get('gain')
+    w = ref.weight_standardize(params['weight'], 1e-4, gain)
+    expected = ref.conv(x, w, (1, 2), ((1, 1), (0, 1)), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(layer(x), expected, **TOL)
+
+
+def test_w_mask_zeroes_kernel_entries_and_their_gradients():
+    mask = np.zeros((3, 3, 2, 4), np.float32)
+    mask[1, 1] = 1.0  # only the centre tap is connected
+    layer = brainconv.Conv2d((5, 5, 2), 4, 3, w_init=cheap_init(), w_mask=mask)
+    x = np.random.default_rng(7).standard_normal((2, 5, 5, 2)).astype(np.float32)
+    w = np.asarray(layer.weight.value['weight'])
+    expected = ref.conv(x, w * mask, (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(layer(x), expected, **TOL)
+
+    grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(layer.weight.value)
+    assert np.all(np.asarray(grads['weight'])[mask == 0] == 0)
+    assert np.any(np.asarray(grads['weight'])[mask == 1] != 0)
+
+
+def test_w_mask_broadcasts_and_accepts_an_initializer():
+    per_out = np.array([1.0, 0.0, 1.0], np.float32)  # broadcasts over (*k, Cin/g, Cout)
+    layer = brainconv.Conv1d((6, 2), 3, 3, w_init=cheap_init(), w_mask=per_out)
+    x = np.random.default_rng(8).standard_normal((6, 2)).astype(np.float32)
+    assert np.all(np.asarray(layer(x))[:, 1] == 0)
+    layer2 = brainconv.Conv1d((6, 2), 3, 3, w_init=cheap_init(), w_mask=lambda shape: np.ones(shape) * per_out)
+    np.testing.assert_allclose(layer2(x), layer(x))
+
+
+def test_default_xavier_init_statistics():
+    """The default w_init is braintools' XavierNormal: variance 2 / (fan_in + fan_out), with
+    braintools' documented fan convention for >2-d shapes, (out, in, *rest), applied to the
+    kernel shape as given (the same numbers brainstate.nn.Conv2d gets)."""
+    layer = brainconv.Conv2d((8, 8, 16), 32, 3)
+    w = np.asarray(layer.weight.value['weight'])
+    assert w.shape == (3, 3, 16, 32)
+    fan_in, fan_out = 3 * 16 * 32, 3 * 16 * 32
+    assert np.var(w) == pytest.approx(2.0 / (fan_in + fan_out), rel=0.15)
+    assert abs(np.mean(w)) < 0.01
