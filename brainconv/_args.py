@@ -144,14 +144,23 @@ def pads_for_mode(mode: str, pads: Pads, in_spatial: Sequence[int], lhs_dilation
                                  f"pads {(lo, hi)} on axis {axis} with input length {n}")
 
 
-def mask_shape(shape: Sequence[int], kernel_shape: Sequence[int]) -> None:
+def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
     try:
-        ok = np.broadcast_shapes(tuple(shape), tuple(kernel_shape)) == tuple(kernel_shape)
+        return np.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
     except ValueError:
-        ok = False
-    if not ok:
+        return False
+
+
+def mask_shape(shape: Sequence[int], kernel_shape: Sequence[int]) -> None:
+    if not _broadcasts_to(shape, kernel_shape):
         raise ValueError(f"w_mask must broadcast to the kernel shape {tuple(kernel_shape)}, "
                          f"got shape {tuple(shape)}")
+
+
+def init_shape(shape: Sequence[int], expected: Sequence[int], name: str, broadcast: bool) -> None:
+    """An initializer must give ``expected``; an array may also broadcast to it."""
+    if tuple(shape) != tuple(expected) and not (broadcast and _broadcasts_to(shape, expected)):
+        raise ValueError(f"{name} must give an array of shape {tuple(expected)}, got shape {tuple(shape)}")
 
 
 def input_array(shape: Sequence[int], dtype: Any, in_size: Sequence[int], layer: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence, Tuple, Union
 
 import brainstate
 import braintools
+import brainunit as u
 import jax.numpy as jnp
 import numpy as np
 
@@ -33,12 +34,14 @@ Init = Union[Callable[..., Any], Any]
 
 
 def _materialize(init: Init, shape: Tuple[int, ...], name: str) -> Any:
-    """Array of ``shape`` from an initializer (called with the shape) or an array."""
+    """Array of ``shape`` from an initializer (called with the shape) or an array
+    broadcastable to it (a bias given as a ``(C,)`` vector, say)."""
     value = init(shape) if callable(init) else init
     if not hasattr(value, 'shape'):
         value = jnp.asarray(value)
     if tuple(value.shape) != tuple(shape):
-        raise ValueError(f"{name} must give an array of shape {tuple(shape)}, got shape {tuple(value.shape)}")
+        _args.init_shape(value.shape, shape, name, broadcast=not callable(init))
+        value = u.math.broadcast_to(value, shape)
     return value
 
 
@@ -58,6 +61,8 @@ class _ConvBase(brainstate.nn.Module):
             mask = jnp.reshape(mask, (1,) * (len(kernel_shape) - jnp.ndim(mask)) + jnp.shape(mask))
         params = {'weight': _materialize(w_init, kernel_shape, 'w_init')}
         if b_init is not None:
+            if not callable(b_init) and np.shape(b_init) == (spec.out_channels,):
+                b_init = u.math.reshape(b_init, spec.bias_shape)  # a per-channel vector
             params['bias'] = _materialize(b_init, spec.bias_shape, 'b_init')
         self.spec = spec
         self.num_spatial_dims = spec.geometry.num_spatial_dims
@@ -86,7 +91,7 @@ class _ConvBase(brainstate.nn.Module):
     def num_params(self) -> int:
         return sum(math.prod(np.shape(v)) for v in self.weight.value.values())
 
-    def kernel(self, params: Optional[dict] = None) -> Any:
+    def kernel(self, params: dict | None = None) -> Any:
         """The kernel the layer convolves with (mask and any standardisation applied)."""
         w, unit = self._kernel_mantissa(self.weight.value if params is None else params)
         return _units.attach(w, unit)

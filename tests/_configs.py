@@ -1,9 +1,8 @@
 """Hypothesis strategies for random convolution configurations, and helpers shared by tests."""
 
+import _reference as ref
 import numpy as np
 from hypothesis import strategies as st
-
-import _reference as ref
 
 MAX_SPATIAL = {1: 10, 2: 6, 3: 4}
 MODE_SPELLINGS = {'ZEROS': ['ZEROS', 'zeros'], 'REFLECT': ['REFLECT', 'reflect'],

@@ -1,15 +1,21 @@
 """Every layer against the NumPy oracle over random configurations, plus the adjoint identity."""
 
+import _reference as ref
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _configs import (cheap_init, conv_configs, conv_is_valid, from_reference_layout, init_array,
-                      to_reference_layout, transpose_configs)
+from _configs import (
+    cheap_init,
+    conv_configs,
+    conv_is_valid,
+    from_reference_layout,
+    to_reference_layout,
+    transpose_configs,
+)
 from hypothesis import given, settings
 from jax.test_util import check_grads
 
-import _reference as ref
 import brainconv
 
 TOL = dict(rtol=2e-4, atol=2e-4)

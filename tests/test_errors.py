@@ -1,0 +1,114 @@
+"""Bad input: a clear ValueError/TypeError naming the argument and the value, raised early."""
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _configs import cheap_init, init_array
+
+import brainconv
+from brainconv import functional
+
+W = cheap_init()
+
+
+def conv2d(**overrides):
+    args = dict(in_size=(8, 8, 4), out_channels=6, kernel_size=3, w_init=W)
+    args.update(overrides)
+    return brainconv.Conv2d(**args)
+
+
+@pytest.mark.parametrize('overrides,error,pattern', [
+    (dict(in_size=(8, 8)), ValueError, r"in_size must be a sequence of 3 ints .*\(8, 8\)"),
+    (dict(in_size=(8, 8, 4, 1)), ValueError, r"in_size .*\(8, 8, 4, 1\)"),
+    (dict(in_size=(8, 8.0, 4)), TypeError, r"in_size must hold ints, got \(8, 8.0, 4\)"),
+    (dict(in_size=(8, 0, 4)), ValueError, r"in_size entries must be positive, got \(8, 0, 4\)"),
+    (dict(in_size=(8, -2, 4)), ValueError, r"in_size entries must be positive"),
+    (dict(out_channels=0), ValueError, r"out_channels must be a positive int, got 0"),
+    (dict(out_channels=2.5), TypeError, r"out_channels must be a positive int, got 2.5"),
+    (dict(kernel_size=0), ValueError, r"kernel_size must be positive on every axis, got 0"),
+    (dict(kernel_size=(3, 3, 3)), ValueError, r"kernel_size must be an int or a sequence of 2 ints .*\(3, 3, 3\)"),
+    (dict(kernel_size='3'), TypeError, r"kernel_size must be an int or a sequence of 2 ints, got '3'"),
+    (dict(stride=(1, 0)), ValueError, r"stride must be positive on every axis, got \(1, 0\)"),
+    (dict(lhs_dilation=-1), ValueError, r"lhs_dilation must be positive on every axis, got -1"),
+    (dict(rhs_dilation=(2,)), ValueError, r"rhs_dilation must be an int or a sequence of 2 ints .*\(2,\)"),
+    (dict(groups=0), ValueError, r"groups must be a positive int, got 0"),
+    (dict(groups=3), ValueError, r"groups must divide in_channels 4, got groups=3"),
+    (dict(groups=4), ValueError, r"groups must divide out_channels 6, got groups=4"),
+    (dict(padding='FULL'), ValueError, r"padding must be one of \('SAME', 'SAME_LOWER', 'VALID', 'CAUSAL'\).*'FULL'"),
+    (dict(padding=-1), ValueError, r"padding must be non-negative, got -1"),
+    (dict(padding=((1, 1), (1, -2))), ValueError, r"padding must be non-negative, got \(\(1, 1\), \(1, -2\)\)"),
+    (dict(padding=(1, 2, 3)), ValueError, r"padding must be .* got \(1, 2, 3\)"),
+    (dict(padding=((1, 2, 3),)), ValueError, r"padding must be .* got \(\(1, 2, 3\),\)"),
+    (dict(padding_mode='mirror'), ValueError, r"padding_mode must be one of .*'REFLECT'.* got 'mirror'"),
+    (dict(padding=4, padding_mode='reflect', in_size=(4, 8, 4)), ValueError,
+     r"REFLECT padding must be smaller than the input on each axis: pads \(4, 4\) on axis 0 with input length 4"),
+    (dict(padding='SAME', padding_mode='CIRCULAR', lhs_dilation=2), ValueError,
+     r"padding_mode 'CIRCULAR' .* lhs_dilation \(2, 2\)"),
+    (dict(kernel_size=5, rhs_dilation=2, padding='VALID', in_size=(4, 9, 4)), ValueError,
+     r"kernel 5 with rhs_dilation 2 spans 9 but the padded input has 4 on axis 0"),
+    (dict(w_mask=np.ones((2, 3, 4, 6))), ValueError,
+     r"w_mask must broadcast to the kernel shape \(3, 3, 4, 6\), got shape \(2, 3, 4, 6\)"),
+    (dict(w_init=np.ones((3, 3, 4, 5))), ValueError, r"w_init must give an array of shape \(3, 3, 4, 6\)"),
+])
+def test_conv_construction_errors(overrides, error, pattern):
+    with pytest.raises(error, match=pattern):
+        conv2d(**overrides)
+
+
+@pytest.mark.parametrize('overrides,error,pattern', [
+    (dict(output_padding=2, stride=2), ValueError,
+     r"output_padding must be smaller than max\(stride, rhs_dilation\) = 2 on axis 0, got 2"),
+    (dict(output_padding=(0, -1)), ValueError, r"output_padding must be >= 0 on every axis, got \(0, -1\)"),
+    (dict(padding_mode='reflect'), ValueError, r"padding_mode must be one of \('ZEROS', 'CIRCULAR'\).*'reflect'"),
+    (dict(padding=5, kernel_size=2, in_size=(2, 2, 4)), ValueError,
+     r"output length -7 on axis 0 .*it must be at least 1"),
+])
+def test_conv_transpose_construction_errors(overrides, error, pattern):
+    args = dict(in_size=(5, 5, 4), out_channels=2, kernel_size=3, w_init=W)
+    args.update(overrides)
+    with pytest.raises(error, match=pattern):
+        brainconv.ConvTranspose2d(**args)
+
+
+def test_generic_rank_errors():
+    with pytest.raises(ValueError, match=r"num_spatial_dims must be a positive int, got 0"):
+        brainconv.Conv(0, (4, 2), 2, 3, w_init=W)
+    with pytest.raises(ValueError, match=r"eps must be a positive float, got -1.0"):
+        brainconv.ScaledWSConv2d((5, 5, 2), 2, 3, eps=-1.0, w_init=W)
+
+
+def _call_error(layer, x, error, pattern):
+    before = {k: np.asarray(v).copy() for k, v in layer.weight.value.items()}
+    with pytest.raises(error, match=pattern):
+        layer(x)
+    after = layer.weight.value
+    assert before.keys() == after.keys()
+    for k in before:  # nothing is lost
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_call_time_errors_leave_the_layer_unchanged():
+    layer = conv2d(b_init=cheap_init(1))
+    _call_error(layer, jnp.ones((2, 8, 8, 3)), ValueError,
+                re.escape("Conv2d expects input of shape (*batch, *in_size) = (*batch, 8, 8, 4), "
+                          "got shape (2, 8, 8, 3)"))
+    _call_error(layer, jnp.ones((8, 4)), ValueError, r"\(\*batch, 8, 8, 4\), got shape \(8, 4\)")
+    _call_error(layer, jnp.ones((2, 8, 8, 4), jnp.int32), TypeError,
+                r"Conv2d expects a floating-point input, got dtype int32")
+    _call_error(layer, jnp.ones((8, 8, 4), bool), TypeError, r"got dtype bool")
+    # The layer still works afterwards.
+    assert layer(jnp.ones((8, 8, 4))).shape == (8, 8, 6)
+
+
+def test_functional_errors():
+    x = jnp.ones((2, 6, 3))
+    with pytest.raises(ValueError, match=r"kernel must have shape \(3, 3, 4\) .* got shape \(3, 2, 4\)"):
+        functional.conv(x, jnp.asarray(init_array((3, 2, 4))))
+    with pytest.raises(ValueError, match=r"groups must divide in_channels 3, got groups=2"):
+        functional.conv(x, jnp.asarray(init_array((3, 1, 4))), groups=2)
+    with pytest.raises(ValueError, match=r"padding_mode must be one of"):
+        functional.pad(x, ((1, 1),), 'mirror')
+    with pytest.raises(ValueError, match=r"x must have at least 2 axes"):
+        functional.conv(jnp.ones((6,)), jnp.asarray(init_array((3, 1, 4))))

@@ -1,0 +1,107 @@
+"""Closed-form shapes against the shapes of real outputs (jax.eval_shape), and the formulas."""
+
+import ast
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+from _configs import cheap_init, conv_configs, conv_is_valid, transpose_configs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import brainconv
+from brainconv import shapes
+
+
+def _in_size(spatial, channels, channel_first):
+    return (channels,) + tuple(spatial) if channel_first else tuple(spatial) + (channels,)
+
+
+@settings(max_examples=1500)
+@given(conv_configs())
+def test_conv_out_size_is_the_real_output_shape(c):
+    in_size = _in_size(c['spatial'], c['cin'], c['channel_first'])
+    args = dict(stride=c['stride'], padding=c['user_padding'], lhs_dilation=c['lhs'], rhs_dilation=c['rhs'],
+                groups=c['groups'], w_init=cheap_init(), channel_first=c['channel_first'],
+                padding_mode=c['mode_spelling'])
+    if not conv_is_valid(c):
+        with pytest.raises(ValueError):
+            brainconv.Conv(c['nd'], in_size, c['cout'], c['kernel'], **args)
+        return
+    layer = brainconv.Conv(c['nd'], in_size, c['cout'], c['kernel'], **args)
+    real = jax.eval_shape(layer, jax.ShapeDtypeStruct(c['batch'] + in_size, jnp.float32))
+    assert real.shape == c['batch'] + layer.out_size
+    assert layer.pads == c['pads']
+
+
+@settings(max_examples=1500)
+@given(transpose_configs())
+def test_conv_transpose_out_size_is_the_real_output_shape(c):
+    in_size = _in_size(c['m'], c['cin'], c['channel_first'])
+    args = dict(stride=c['stride'], padding=c['user_padding'], rhs_dilation=c['rhs'], groups=c['groups'],
+                w_init=cheap_init(), channel_first=c['channel_first'], padding_mode=c['mode'],
+                output_padding=c['output_padding'])
+    if min(c['out']) < 1:
+        with pytest.raises(ValueError):
+            brainconv.ConvTranspose(c['nd'], in_size, c['cout'], c['kernel'], **args)
+        return
+    layer = brainconv.ConvTranspose(c['nd'], in_size, c['cout'], c['kernel'], **args)
+    real = jax.eval_shape(layer, jax.ShapeDtypeStruct(c['batch'] + in_size, jnp.float32))
+    assert real.shape == c['batch'] + layer.out_size
+    assert layer.out_size == _in_size(c['out'], c['cout'], c['channel_first'])
+
+
+@given(st.integers(1, 60), st.integers(1, 7), st.integers(1, 5), st.integers(1, 4), st.booleans())
+def test_same_padding_formula(n, k, s, d, lower):
+    lo, hi = shapes.resolve_pads('SAME_LOWER' if lower else 'SAME', (n,), (k,), (s,), (d,))[0]
+    out = -(-n // s)  # ceil
+    assert lo + hi == max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+    assert (lo - hi) in ((0, 1) if lower else (0, -1))
+    assert shapes.conv_out_length(n, k, s, lo, hi, 1, d) == out
+
+
+@given(st.integers(1, 30), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3))
+def test_same_padding_uses_the_lhs_dilated_length(n, k, s, d, ld):
+    (lo, hi), = shapes.resolve_pads('SAME', (n,), (k,), (s,), (d,), (ld,))
+    dilated = (n - 1) * ld + 1
+    assert shapes.conv_out_length(n, k, s, lo, hi, ld, d) == -(-dilated // s)
+
+
+@given(st.integers(1, 30), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3))
+def test_causal_pads_everything_before(n, k, s, d):
+    assert shapes.resolve_pads('CAUSAL', (n,), (k,), (s,), (d,)) == (((k - 1) * d, 0),)
+
+
+@given(st.integers(1, 20), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3), st.integers(0, 3),
+       st.integers(0, 3))
+def test_transpose_length_is_torchs_formula_for_explicit_pads(m, k, s, d, lo, hi):
+    op = min(max(s, d) - 1, 1)
+    expected = (m - 1) * s - (lo + hi) + d * (k - 1) + op + 1  # torch.nn.ConvTranspose1d docs
+    assert shapes.transpose_out_length(m, k, s, d, (lo, hi), op) == expected
+    assert shapes.transpose_out_length(m, k, s, d, 'VALID', op) == (m - 1) * s + d * (k - 1) + op + 1
+
+
+def test_receptive_field_recurrence_by_hand():
+    # Two 3-taps, the second with stride 2, then a dilated 3-tap: sizes 3, 5, 5 + 2*2*2 = 13.
+    g1 = shapes.conv_geometry((32,), (3,), (1,), 'SAME', (1,), (1,))
+    g2 = shapes.conv_geometry((32,), (3,), (2,), 'VALID', (1,), (1,))
+    g3 = shapes.conv_geometry((15,), (3,), (1,), 'VALID', (1,), (2,))
+    rf = shapes.ReceptiveField.identity(1)
+    sizes, jumps, starts = [], [], []
+    for g in (g1, g2, g3):
+        rf = shapes.receptive_field_step(rf, g)
+        sizes.append(rf.size[0])
+        jumps.append(rf.jump[0])
+        starts.append(rf.start[0])
+    assert sizes == [3, 5, 13] and jumps == [1, 2, 2]
+    # Centre of the first output: SAME keeps 0; VALID 3-tap moves it to 1; dilated 3-tap by 2 jumps of 2.
+    assert starts == [0, 1, 5]
+
+
+def test_shapes_module_imports_no_jax():
+    tree = ast.parse(pathlib.Path(shapes.__file__).read_text())
+    imported = {alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or '').split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {'jax', 'jaxlib', 'brainstate', 'brainunit', 'numpy'}
