@@ -196,12 +196,12 @@ def test_w_mask_broadcasts_and_accepts_an_initializer():
 
 
 def test_default_xavier_init_statistics():
-    """The default w_init is braintools' XavierNormal: variance 2 / (fan_in + fan_out), with
-    braintools' documented fan convention for >2-d shapes, (out, in, *rest), applied to the
-    kernel shape as given (the same numbers brainstate.nn.Conv2d gets)."""
+    """The default w_init is braintools' XavierNormal: the kernel has the spread braintools gives
+    that shape (braintools 0.3 and 0.4 differ in their fan convention for conv kernels)."""
+    import braintools
     layer = brainconv.Conv2d((8, 8, 16), 32, 3)
     w = np.asarray(layer.weight.value['weight'])
     assert w.shape == (3, 3, 16, 32)
-    fan_in, fan_out = 3 * 16 * 32, 3 * 16 * 32
-    assert np.var(w) == pytest.approx(2.0 / (fan_in + fan_out), rel=0.15)
-    assert abs(np.mean(w)) < 0.01
+    direct = np.asarray(braintools.init.XavierNormal()((3, 3, 16, 32)))
+    assert np.var(w) == pytest.approx(np.var(direct), rel=0.1)
+    assert abs(np.mean(w)) < 0.1 * np.std(direct)
