@@ -19,6 +19,7 @@ from .layers import (
                      ScaledWSConv2d,
                      ScaledWSConv3d,
 )
+from .tools import receptive_field, summary
 
 __version__ = '0.1.0'
 
@@ -26,5 +27,5 @@ __all__ = [
     'Conv', 'Conv1d', 'Conv2d', 'Conv3d',
     'ConvTranspose', 'ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d',
     'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
-    'functional', 'shapes', '__version__',
+    'functional', 'shapes', 'summary', 'receptive_field', '__version__',
 ]

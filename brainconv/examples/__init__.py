@@ -1,0 +1,1 @@
+"""Worked examples shared by the notebooks and ``python -m brainconv``."""

@@ -1,0 +1,547 @@
+"""Shape, parameter and receptive-field tables of a network, without running it.
+
+:func:`summary` walks a brainstate Module tree (a ``brainstate.nn.Sequential``
+or any Module holding brainconv layers beside brainstate's own pooling,
+Flatten, Linear, normalisation and activation layers) and reads what every
+layer already knows: its ``in_size`` and ``out_size``, its resolved geometry,
+its parameter states.  Nothing is traced or run.  :func:`receptive_field`
+gives the receptive field of a stack of convolution and pooling layers.
+
+Conventions:
+
+* Sizes exclude batch axes, as everywhere in brainstate.
+* MACs are multiply-accumulates per example of the convolution and dense
+  layers' weights (:func:`conv_macs`, :func:`dense_macs`); pooling,
+  normalisation and activations count none.
+* The receptive field of a row is that of the row's output with respect to
+  the network input (:class:`brainconv.shapes.ReceptiveField`): pooling is a
+  window like a convolution's, element-wise layers leave it alone, and any
+  other layer (Flatten, Linear, ...) ends it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+import brainstate
+import jax
+import numpy as np
+
+from ._args import ConvSpec
+from .layers import Conv, ConvTranspose
+from .shapes import ConvGeometry, ReceptiveField, conv_geometry, receptive_field_step
+
+__all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'dense_macs']
+
+Size = Tuple[int, ...]
+
+_nn = brainstate.nn
+
+
+def _classes(*names: str) -> tuple:
+    """The named brainstate.nn classes that this brainstate version has."""
+    found = []
+    for name in names:
+        try:
+            found.append(getattr(_nn, name))
+        except (AttributeError, ImportError):  # some names forward to optional packages
+            pass
+    return tuple(found)
+
+
+_POOLS = _classes('MaxPool1d', 'MaxPool2d', 'MaxPool3d', 'AvgPool1d', 'AvgPool2d', 'AvgPool3d',
+                  'LPPool1d', 'LPPool2d', 'LPPool3d')
+_DENSE = _classes('Linear', 'ScaledWSLinear', 'SignedWLinear')
+# Layers that act on each position on its own (as far as receptive fields go):
+# activations, dropout, normalisation, neuron dynamics.
+_POINTWISE = _classes('ElementWiseBlock', 'BatchNorm0d', 'BatchNorm1d', 'BatchNorm2d', 'BatchNorm3d',
+                      'LayerNorm', 'RMSNorm', 'GroupNorm', 'Dynamics')
+
+
+def conv_macs(spec: ConvSpec) -> int:
+    """Multiply-accumulates per example of a (transposed) convolution.
+
+    A convolution makes ``prod(out_spatial) * out_channels`` outputs, each a
+    sum over ``prod(kernel_size) * in_channels / groups`` products (taps that
+    fall on padding or on inserted zeros included).  A transposed
+    convolution multiplies each of its ``prod(in_spatial) * in_channels``
+    inputs by the ``prod(kernel_size) * out_channels / groups`` kernel
+    entries it meets (products that land in cropped pads included).
+    """
+    g = spec.geometry
+    taps = math.prod(g.kernel_size)
+    if g.transposed:
+        return math.prod(g.in_spatial) * spec.in_channels * taps * (spec.out_channels // spec.groups)
+    return math.prod(g.out_spatial) * spec.out_channels * taps * (spec.in_channels // spec.groups)
+
+
+def dense_macs(in_size: Sequence[int], out_size: Sequence[int]) -> int:
+    """Multiply-accumulates per example of a dense layer mapping the last axis of
+    ``in_size`` to the last axis of ``out_size`` (leading axes shared)."""
+    return math.prod(in_size[:-1]) * in_size[-1] * out_size[-1]
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of a :class:`Summary`: what one layer does to one example.
+
+    Geometry fields are None where they do not apply; ``macs`` is None when
+    the layer holds parameters but is of a kind whose cost is not known
+    here; ``receptive_field`` is set on convolution and pooling rows whose
+    receptive field with respect to the network input is defined.
+    """
+
+    path: str
+    type: str
+    in_size: Size | None
+    out_size: Size | None
+    params: int = 0
+    macs: int | None = 0
+    kernel_size: Size | None = None
+    stride: Size | None = None
+    pads: Tuple[Tuple[int, int], ...] | None = None
+    rhs_dilation: Size | None = None
+    lhs_dilation: Size | None = None
+    groups: int | None = None
+    receptive_field: ReceptiveField | None = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain Python values (receptive field as int/float tuples), for pandas and JSON."""
+        rf = self.receptive_field
+        return {
+            'path': self.path, 'type': self.type, 'in_size': self.in_size, 'out_size': self.out_size,
+            'kernel_size': self.kernel_size, 'stride': self.stride, 'pads': self.pads,
+            'rhs_dilation': self.rhs_dilation, 'lhs_dilation': self.lhs_dilation, 'groups': self.groups,
+            'params': self.params, 'macs': self.macs,
+            'rf_size': None if rf is None else tuple(_plain(v) for v in rf.size),
+            'rf_jump': None if rf is None else tuple(_plain(v) for v in rf.jump),
+            'rf_start': None if rf is None else tuple(_plain(v) for v in rf.start),
+        }
+
+
+class Summary:
+    """The table :func:`summary` returns.
+
+    Prints as aligned text (``str``, ``repr``), renders as an HTML table in
+    Jupyter (``_repr_html_``), and gives plain rows for a DataFrame
+    (``pandas.DataFrame(s.to_rows())``).
+    """
+
+    def __init__(self, rows: Sequence[LayerSummary], in_size: Size | None, out_size: Size | None,
+                 param_bytes: int):
+        self.rows: Tuple[LayerSummary, ...] = tuple(rows)
+        self.in_size = in_size
+        self.out_size = out_size
+        self.param_bytes = param_bytes
+
+    @property
+    def total_params(self) -> int:
+        """Parameters of the whole model (each shared state counted once)."""
+        return sum(r.params for r in self.rows)
+
+    @property
+    def total_macs(self) -> int:
+        """Multiply-accumulates per example over the rows whose cost is known."""
+        return sum(r.macs for r in self.rows if r.macs is not None)
+
+    @property
+    def receptive_field(self) -> ReceptiveField | None:
+        """The receptive field of the last row that has one."""
+        fields = [r.receptive_field for r in self.rows if r.receptive_field is not None]
+        return fields[-1] if fields else None
+
+    def to_rows(self) -> List[Dict[str, Any]]:
+        """One dict of plain values per row (see :meth:`LayerSummary.to_dict`)."""
+        return [r.to_dict() for r in self.rows]
+
+    def _cells(self) -> Tuple[List[str], List[List[str]]]:
+        """Header and formatted cells, without the columns that are empty in every row."""
+        columns = [
+            ('Layer', lambda r: r.path),
+            ('Type', lambda r: r.type),
+            ('In', lambda r: _shape(r.in_size)),
+            ('Out', lambda r: _shape(r.out_size)),
+            ('Kernel', lambda r: _axes(r.kernel_size)),
+            ('Stride', lambda r: _axes(r.stride)),
+            ('Pads (lo,hi)', lambda r: _pads(r.pads)),
+            ('Dilation', _dilation),
+            ('Groups', lambda r: '' if r.groups is None else str(r.groups)),
+            ('Params', lambda r: f'{r.params:,}'),
+            ('MACs', lambda r: '?' if r.macs is None else f'{r.macs:,}'),
+            ('RF size', lambda r: _axes(r.receptive_field and r.receptive_field.size)),
+            ('RF jump', lambda r: _axes(r.receptive_field and r.receptive_field.jump)),
+            ('RF start', lambda r: _start(r.receptive_field)),
+        ]
+        cells = [[fmt(r) for _, fmt in columns] for r in self.rows]
+        keep = [i for i in range(len(columns)) if i < 4 or any(row[i] for row in cells)]
+        return [columns[i][0] for i in keep], [[row[i] for i in keep] for row in cells]
+
+    def _footer(self) -> List[str]:
+        unknown = [r.path for r in self.rows if r.macs is None]
+        macs = f'{self.total_macs:,}'
+        if unknown:
+            macs += f" (not counting {', '.join(unknown)}: cost unknown)"
+        lines = [f'Input {_shape(self.in_size)} -> output {_shape(self.out_size)}',
+                 f'Total params: {self.total_params:,} ({_bytes(self.param_bytes)})',
+                 f'MACs per example: {macs}']
+        rf = self.receptive_field
+        if rf is not None:
+            lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
+        return lines
+
+    def __str__(self) -> str:
+        header, cells = self._cells()
+        numeric = {'Params', 'MACs'}
+        widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
+
+        def line(values):
+            return '  '.join(v.rjust(w) if h in numeric else v.ljust(w)
+                             for v, w, h in zip(values, widths, header)).rstrip()
+
+        rule = '-' * len(line(['-' * w for w in widths]))
+        return '\n'.join([line(header), rule] + [line(row) for row in cells] + [rule] + self._footer())
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        header, cells = self._cells()
+        numeric = {'Params', 'MACs'}
+
+        def cell(tag, value, h):
+            align = ' style="text-align:right"' if h in numeric else ' style="text-align:left"'
+            return f'<{tag}{align}>{html.escape(value)}</{tag}>'
+
+        head = ''.join(cell('th', h, h) for h in header)
+        body = ''.join('<tr>' + ''.join(cell('td', v, h) for v, h in zip(row, header)) + '</tr>' for row in cells)
+        foot = '<br>'.join(html.escape(s) for s in self._footer())
+        return (f'<table class="brainconv-summary"><thead><tr>{head}</tr></thead>'
+                f'<tbody>{body}</tbody></table><p>{foot}</p>')
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+def _plain(v: Fraction) -> int | float:
+    return int(v) if v.denominator == 1 else float(v)
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, Fraction) and v.denominator != 1:
+        return str(float(v)) if Fraction(float(v)) == v else f'{v.numerator}/{v.denominator}'
+    return str(int(v))
+
+
+def _shape(size: Size | None) -> str:
+    return '?' if size is None else str(tuple(size))
+
+
+def _axes(values: Sequence | None) -> str:
+    return '' if not values else 'x'.join(_number(v) for v in values)
+
+
+def _pads(pads) -> str:
+    return '' if pads is None else ','.join(f'({lo},{hi})' for lo, hi in pads)
+
+
+def _dilation(r: LayerSummary) -> str:
+    text = _axes(r.rhs_dilation)
+    if r.lhs_dilation and any(d != 1 for d in r.lhs_dilation):
+        text += f' lhs {_axes(r.lhs_dilation)}'
+    return text
+
+
+def _start(rf: ReceptiveField | None) -> str:
+    return '' if rf is None else '(' + ', '.join(_number(v) for v in rf.start) + ')'
+
+
+def _bytes(n: int) -> str:
+    for unit in ('B', 'KiB', 'MiB'):
+        if n < 1024 or unit == 'MiB':
+            return f'{n} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1024
+    return ''
+
+
+# --- walking the module tree -------------------------------------------------------------------
+
+def _children(module: Any) -> Iterator[Tuple[str, Any]]:
+    """Sub-layers of a container, in definition order.
+
+    A Sequential yields its layers (plain functions included); any other
+    Module yields the Modules among its attributes, looking one level into
+    lists, tuples and dicts.
+    """
+    if isinstance(module, _nn.Sequential):
+        for i, layer in enumerate(module.layers):
+            yield f'layers.{i}', layer
+        return
+    for name, value in vars(module).items():
+        if isinstance(value, _nn.Module):
+            yield name, value
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if isinstance(v, _nn.Module):
+                    yield f'{name}.{i}', v
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, _nn.Module):
+                    yield f'{name}.{k}', v
+
+
+def _leaves(obj: Any, path: str, seen: Dict[int, str]) -> Iterator[Tuple[str, Any, str | None]]:
+    """``(path, layer, shared_with)`` for every layer of the tree, in order."""
+    if id(obj) in seen:
+        yield path, obj, seen[id(obj)]
+        return
+    if isinstance(obj, (Conv, ConvTranspose) + _POOLS + _DENSE):
+        children = []
+    elif isinstance(obj, _nn.Module):
+        children = list(_children(obj))
+    elif callable(obj):
+        children = []
+    else:
+        raise TypeError(f"expected brainstate Modules or callables, got {type(obj).__name__} at {path or '<root>'}")
+    seen[id(obj)] = path or '<root>'
+    if not children:
+        yield path, obj, None
+        return
+    for name, child in children:
+        yield from _leaves(child, f'{path}.{name}' if path else name, seen)
+
+
+def _param_states(obj: Any) -> Dict[int, Tuple[str, brainstate.ParamState]]:
+    if not isinstance(obj, _nn.Module):
+        return {}
+    return {id(s): ('.'.join(map(str, p)), s) for p, s in obj.states(brainstate.ParamState).items()}
+
+
+def _state_size(state: brainstate.State) -> Tuple[int, int]:
+    leaves = jax.tree.leaves(state.value)
+    return sum(int(np.size(x)) for x in leaves), sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in leaves)
+
+
+def _pool_geometry(layer: Any, in_size: Size) -> Tuple[ConvGeometry, Tuple[int, ...]]:
+    """A pooling layer as a window: its geometry and the in_size axes it pools.
+
+    brainstate resolves ``channel_axis`` against the input with one batch axis.
+    """
+    x_dim = len(in_size) + 1
+    axes = list(range(x_dim))
+    if layer.channel_axis is not None:
+        axes.pop(layer.channel_axis % x_dim)
+    pooled = tuple(a - 1 for a in axes[-layer.pool_dim:])
+    if any(a < 0 for a in pooled):
+        raise ValueError(f"{type(layer).__name__} pools over the batch axis for in_size {in_size}")
+    nd = len(pooled)
+    padding = layer.padding if isinstance(layer.padding, str) else tuple(tuple(p) for p in layer.padding)
+    geometry = conv_geometry(tuple(in_size[a] for a in pooled), tuple(layer.kernel_size), tuple(layer.stride),
+                             padding, (1,) * nd, (1,) * nd)
+    return geometry, pooled
+
+
+class _Walk:
+    """Rows of a module tree, with the receptive field carried along the chain."""
+
+    def __init__(self, model: Any, in_size: Size | None):
+        self.rows: List[LayerSummary] = []
+        self.rf: ReceptiveField | None = None
+        self.rf_ended_by: str | None = None  # why the receptive field stopped being defined
+        self.claimed: set = set()
+        self.param_bytes = 0
+        roots = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not roots:
+            raise ValueError("model must hold at least one layer, got an empty sequence")
+        model_in = getattr(model, 'in_size', None)
+        if in_size is not None:
+            in_size = _size_arg(in_size)
+            if model_in is not None and tuple(model_in) != in_size:
+                raise ValueError(f"in_size {in_size} does not match the model's in_size {tuple(model_in)}")
+        self.cur = in_size or (tuple(model_in) if model_in is not None else None)
+        self.in_size = self.cur
+        seen: dict = {}
+        for i, root in enumerate(roots):
+            prefix = str(i) if isinstance(model, (list, tuple)) else ''
+            for path, layer, shared in _leaves(root, prefix, seen):
+                self._add(path, layer, shared)
+        # Parameters held by containers rather than by any layer.
+        for root in roots:
+            for key, (path, state) in _param_states(root).items():
+                if key not in self.claimed:
+                    self.claimed.add(key)
+                    count, nbytes = _state_size(state)
+                    self.param_bytes += nbytes
+                    self.rows.append(LayerSummary(path, type(state).__name__, None, None, params=count))
+
+    def _params(self, layer: Any) -> int:
+        total = 0
+        for key, (_, state) in _param_states(layer).items():
+            if key not in self.claimed:
+                self.claimed.add(key)
+                count, nbytes = _state_size(state)
+                total += count
+                self.param_bytes += nbytes
+        return total
+
+    def _end_rf(self, reason: str) -> None:
+        if self.rf_ended_by is None:
+            self.rf_ended_by = reason
+
+    def _step_rf(self, geometry: ConvGeometry, where: str) -> ReceptiveField | None:
+        if self.rf_ended_by is not None:
+            return None
+        if self.rf is None:
+            self.rf = ReceptiveField.identity(geometry.num_spatial_dims)
+        elif len(self.rf.size) != geometry.num_spatial_dims:
+            self._end_rf(f"{where} has {geometry.num_spatial_dims} spatial axes, the layers before "
+                         f"it {len(self.rf.size)}")
+            return None
+        self.rf = receptive_field_step(self.rf, geometry)
+        return self.rf
+
+    def _add(self, path: str, layer: Any, shared: str | None) -> None:
+        name = type(layer).__name__
+        if not isinstance(layer, _nn.Module):  # a plain function in a Sequential
+            name = getattr(layer, '__name__', name)
+        where = f'{path} ({name})' if path else name
+        declared_in = getattr(layer, 'in_size', None) if isinstance(layer, _nn.Module) else None
+        in_size = tuple(declared_in) if declared_in is not None else self.cur
+        if self.cur is not None and in_size != self.cur:
+            self._end_rf(f"{where} takes in_size {in_size} but the layer before it gives {self.cur}")
+        elif self.cur is None and self.rows:
+            self._end_rf(f"{where} follows a layer whose output size is unknown")
+        row = LayerSummary(path, name if shared is None else f'{name} (shared with {shared})', in_size, None,
+                           params=self._params(layer))
+        if isinstance(layer, (Conv, ConvTranspose)):
+            g = layer.spec.geometry
+            row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.spec), kernel_size=g.kernel_size,
+                          stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation,
+                          groups=layer.groups, receptive_field=self._step_rf(g, where))
+        elif isinstance(layer, _POOLS):
+            row = self._pool_row(row, layer, where)
+        elif isinstance(layer, _DENSE):
+            out = tuple(layer.out_size)
+            row = replace(row, out_size=out, macs=None if in_size is None else dense_macs(in_size, out))
+            if len(out) == 1:  # with more axes it acts on the last one at each position
+                self._end_rf(f"{where} mixes all positions")
+        elif not isinstance(layer, _nn.Module) or isinstance(layer, _POINTWISE):
+            declared_out = getattr(layer, 'out_size', None)
+            row = replace(row, out_size=tuple(declared_out) if declared_out is not None else in_size)
+            if row.out_size != in_size:
+                self._end_rf(f"{where} changes the shape")
+        else:
+            declared_out = getattr(layer, 'out_size', None)
+            row = replace(row, out_size=None if declared_out is None else tuple(declared_out),
+                          macs=None if row.params else 0)
+            self._end_rf(f"{where} is not a convolution, pooling or element-wise layer")
+        self.rows.append(row)
+        self.cur = row.out_size
+
+    def _pool_row(self, row: LayerSummary, layer: Any, where: str) -> LayerSummary:
+        if row.in_size is None:
+            self._end_rf(f"{where} has no known input size")
+            declared_out = getattr(layer, 'out_size', None)
+            return replace(row, out_size=None if declared_out is None else tuple(declared_out))
+        try:
+            g, pooled = _pool_geometry(layer, row.in_size)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        out = list(row.in_size)
+        for a, n in zip(pooled, g.out_spatial):
+            out[a] = n
+        declared_out = getattr(layer, 'out_size', None)
+        return replace(row, out_size=tuple(declared_out) if declared_out is not None else tuple(out),
+                       kernel_size=g.kernel_size, stride=g.stride, pads=g.pads,
+                       receptive_field=self._step_rf(g, where))
+
+
+def _size_arg(value: Any) -> Size:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    if (not isinstance(value, (tuple, list)) or not value
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ValueError(f"in_size must be a sequence of positive ints (no batch axis), got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
+    """Tabulate every layer of ``model`` without running it.
+
+    Parameters
+    ----------
+    model : brainstate Module, or a list/tuple of layers
+        A ``brainstate.nn.Sequential``, any Module (its sub-Modules are read
+        in the order they were assigned, looking one level into lists,
+        tuples and dicts), a single layer, or a sequence of layers.
+    in_size : sequence of int, optional
+        Size of one example (no batch axis).  Needed only when neither the
+        model nor its first layer knows it (for instance a model that starts
+        with an activation); ValueError if it disagrees with the model's.
+
+    Returns
+    -------
+    Summary
+        One :class:`LayerSummary` per layer (``.rows``; plain dicts from
+        ``.to_rows()``), with totals.  Convolution rows show kernel, stride,
+        resolved ``(low, high)`` pads, dilations and groups; pooling rows
+        their window.  Parameters are counted from the ``ParamState`` s (a
+        state shared by two layers counts once); MACs per example follow
+        :func:`conv_macs` and :func:`dense_macs`.
+
+    Examples
+    --------
+    >>> import brainstate, brainconv, numpy as np
+    >>> w = lambda shape: np.zeros(shape, np.float32)
+    >>> net = brainstate.nn.Sequential(
+    ...     brainconv.Conv2d((8, 8, 1), 4, 3, w_init=w),
+    ...     brainstate.nn.ReLU(),
+    ...     brainstate.nn.MaxPool2d(2, 2, channel_axis=-1, in_size=(8, 8, 4)),
+    ... )
+    >>> s = brainconv.summary(net)
+    >>> [r.out_size for r in s.rows]
+    [(8, 8, 4), (8, 8, 4), (4, 4, 4)]
+    >>> s.total_params, s.total_macs
+    (36, 2304)
+    >>> s.rows[-1].to_dict()['rf_size'], s.rows[-1].to_dict()['rf_jump']
+    ((4, 4), (2, 2))
+    """
+    walk = _Walk(model, in_size)
+    return Summary(walk.rows, walk.in_size or (walk.rows[0].in_size if walk.rows else None), walk.cur,
+                   walk.param_bytes)
+
+
+def receptive_field(layers: Any, in_size: Sequence[int] | None = None) -> ReceptiveField:
+    """Receptive field of the last layer's output with respect to the first layer's input.
+
+    ``layers`` is a brainconv layer, a pooling layer, a sequence of them (with
+    element-wise layers in between if you like), or a Module holding them, as
+    for :func:`summary`.  Sizes are in input positions: ``size`` is how many
+    input positions one output position depends on, ``jump`` the input
+    distance between neighbouring outputs, ``start`` the input coordinate of
+    the centre of the first output's field.
+
+    Raises ValueError if a layer in the chain mixes all positions (Flatten,
+    Linear, ...), if consecutive sizes do not chain, or if there is no
+    convolution or pooling layer.
+
+    Examples
+    --------
+    >>> import brainconv, numpy as np
+    >>> w = lambda shape: np.zeros(shape, np.float32)
+    >>> rf = brainconv.receptive_field([
+    ...     brainconv.Conv1d((32, 1), 2, 3, w_init=w),
+    ...     brainconv.Conv1d((32, 2), 2, 3, stride=2, w_init=w),
+    ...     brainconv.Conv1d((16, 2), 2, 3, rhs_dilation=2, w_init=w)])
+    >>> [int(v) for v in rf.size + rf.jump + rf.start]
+    [13, 2, 1]
+    """
+    walk = _Walk(layers, in_size)
+    if walk.rf_ended_by is not None:
+        raise ValueError(f"the receptive field is not defined through this chain: {walk.rf_ended_by}")
+    if walk.rf is None:
+        raise ValueError("layers must include at least one convolution or pooling layer, got "
+                         f"{[r.type for r in walk.rows]}")
+    return walk.rf

@@ -1,0 +1,75 @@
+"""Execute every notebook in this folder; exit non-zero if any cell fails.
+
+    python notebooks/run_all.py            # execute, leave the files alone
+    python notebooks/run_all.py --write    # execute and save the outputs back
+    python notebooks/run_all.py 03_vision_digits.ipynb   # only some
+
+Each notebook runs in a fresh kernel on this interpreter (``sys.executable``),
+with the notebooks folder as its working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+HERE = Path(__file__).resolve().parent
+
+
+class ThisPythonKernel(KernelManager):
+    """A python3 kernel on the interpreter running this script, whatever kernelspecs are installed."""
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(argv=[sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+                          display_name='Python 3', language='python', name='python3')
+
+
+def run(path: Path, write: bool, timeout: int) -> float:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name='python3', kernel_manager_class=ThisPythonKernel,
+                            resources={'metadata': {'path': str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    if write:
+        nbformat.write(nb, path)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('notebooks', nargs='*', help='notebook file names (default: every *.ipynb here)')
+    parser.add_argument('--write', action='store_true', help='save the executed notebooks with their outputs')
+    parser.add_argument('--timeout', type=int, default=600, help='seconds allowed per cell (default 600)')
+    args = parser.parse_args(argv)
+    paths = [HERE / name for name in args.notebooks] or sorted(HERE.glob('*.ipynb'))
+    if not paths:
+        print(f'no notebooks found in {HERE}')
+        return 1
+    os.environ.pop('MPLBACKEND', None)  # let the kernel use its inline backend, so figures are saved
+    failed = []
+    for path in paths:
+        print(f'{path.name} ...', flush=True)
+        try:
+            seconds = run(path, args.write, args.timeout)
+        except CellExecutionError as e:
+            failed.append(path.name)
+            print(f'{path.name} FAILED\n{e}', flush=True)
+            continue
+        print(f'{path.name} ok in {seconds:.1f} s', flush=True)
+    print(f'{len(paths) - len(failed)} passed, {len(failed)} failed')
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

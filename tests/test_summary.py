@@ -1,0 +1,414 @@
+"""brainconv.summary and brainconv.receptive_field against what really happens.
+
+Every network here is run once for real; each row's sizes are checked against
+the arrays that came out, parameter counts against the states, MACs against a
+count from the actual weight arrays and output shapes, and receptive fields
+against the support of an input gradient.
+"""
+
+import contextlib
+import html.parser
+import math
+from fractions import Fraction
+
+import brainstate
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import brainconv
+
+nn = brainstate.nn
+
+
+def w_init(scale=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    return lambda shape: (rng.normal(size=shape) * scale).astype(np.float32)
+
+
+def ones(shape):
+    return np.ones(shape, np.float32)
+
+
+def bias(shape):
+    return np.full(shape, 0.01, np.float32)
+
+
+@contextlib.contextmanager
+def lenient_promotion():
+    """brainstate's own layers rely on implicit promotion (Linear adds its bias by rank
+    promotion, AvgPool divides by an int); conftest.py makes both strict."""
+    with jax.numpy_rank_promotion('allow'), jax.numpy_dtype_promotion('standard'):
+        yield
+
+
+# --- independent counts -----------------------------------------------------------------------
+
+def state_params(module):
+    """Number of parameter entries held by a module's ParamStates."""
+    return sum(int(np.size(leaf)) for s in module.states(brainstate.ParamState).values()
+               for leaf in jax.tree.leaves(s.value))
+
+
+def macs_from_run(layer, x, y):
+    """MACs per example from the real weight array and the real input/output arrays.
+
+    A convolution: every kernel entry is used once per output position; a
+    transposed convolution: once per input position; a dense layer: once per
+    leading position.  Everything else: zero.
+    """
+    if isinstance(layer, (brainconv.Conv, brainconv.ConvTranspose)):
+        kernel = np.asarray(layer.weight.value['weight'])
+        nd = layer.num_spatial_dims
+        side = x if isinstance(layer, brainconv.ConvTranspose) else y
+        spatial = side.shape[2:] if layer.channel_first else side.shape[1:1 + nd]
+        return kernel.size * math.prod(spatial)
+    if isinstance(layer, nn.Linear):
+        return layer.weight.value['weight'].size * math.prod(x.shape[1:-1])
+    return 0
+
+
+def run_sequential(net, x):
+    """Run a Sequential layer by layer; (input, output) arrays for every layer."""
+    records = []
+    with lenient_promotion():
+        for layer in net.layers:
+            y = layer(x)
+            records.append((layer, x, y))
+            x = y
+    return records
+
+
+def check_against_run(rows, records):
+    assert len(rows) == len(records)
+    for row, (layer, x, y) in zip(rows, records):
+        assert row.in_size == tuple(x.shape[1:]), row.path
+        assert row.out_size == tuple(y.shape[1:]), row.path
+        expected_params = state_params(layer) if isinstance(layer, nn.Module) else 0
+        assert row.params == expected_params, row.path
+        assert row.macs == macs_from_run(layer, x, y), row.path
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+def vision_net():
+    return nn.Sequential(
+        brainconv.Conv2d((12, 12, 1), 4, 3, w_init=w_init(), b_init=bias),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2, channel_axis=-1, in_size=(12, 12, 4)),
+        brainconv.Conv2d((6, 6, 4), 8, (3, 2), stride=(1, 2), padding='VALID', groups=2, w_init=w_init()),
+        jax.nn.relu,
+        brainconv.ScaledWSConv2d((4, 3, 8), 8, 3, rhs_dilation=2, padding='SAME', w_init=w_init()),
+        nn.AvgPool2d(2, 1, padding='SAME', channel_axis=-1),  # no in_size: summary works it out
+        nn.Flatten(in_size=(4, 3, 8)),
+        nn.Linear(96, 10),
+    )
+
+
+def channel_first_net():
+    return nn.Sequential(
+        brainconv.Conv2d((2, 9, 7), 3, 3, stride=2, padding='CAUSAL', channel_first=True, w_init=w_init()),
+        nn.Tanh(),
+        nn.MaxPool2d(2, 1, padding=1, channel_axis=-3),
+        brainconv.Conv2d((3, 6, 5), 4, 1, channel_first=True, lhs_dilation=2, padding=((1, 0), (0, 2)),
+                         w_init=w_init()),
+    )
+
+
+def decoder_net():
+    return nn.Sequential(
+        brainconv.Conv1d((16, 2), 4, 4, stride=2, padding='SAME_LOWER', w_init=w_init()),
+        brainconv.ConvTranspose1d((8, 4), 3, 4, stride=2, w_init=w_init(), b_init=bias),
+        brainconv.ConvTranspose1d((16, 3), 2, 3, stride=3, padding='VALID', output_padding=1, groups=1,
+                                  w_init=w_init()),
+        brainconv.Conv1d((49, 2), 2, 5, padding_mode='REFLECT', groups=2, w_init=w_init()),
+    )
+
+
+def volume_net():
+    return nn.Sequential(
+        brainconv.Conv3d((6, 6, 6, 1), 2, 3, padding='VALID', w_init=w_init()),
+        nn.MaxPool3d(2, 2, channel_axis=-1),
+        brainconv.Conv3d((2, 2, 2, 2), 4, 2, w_init=w_init()),
+    )
+
+
+@pytest.mark.parametrize('make, in_shape', [
+    (vision_net, (12, 12, 1)),
+    (channel_first_net, (2, 9, 7)),
+    (decoder_net, (16, 2)),
+    (volume_net, (6, 6, 6, 1)),
+])
+def test_rows_match_a_real_run(make, in_shape):
+    net = make()
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2,) + in_shape).astype(np.float32))
+    s = brainconv.summary(net)
+    records = run_sequential(net, x)
+    check_against_run(s.rows, records)
+    assert s.in_size == in_shape
+    assert s.out_size == tuple(records[-1][2].shape[1:])
+    assert s.total_params == state_params(net)
+    assert s.total_macs == sum(macs_from_run(layer, x, y) for layer, x, y in records)
+
+
+def test_geometry_columns_of_a_known_layer():
+    s = brainconv.summary(vision_net())
+    conv = s.rows[3].to_dict()
+    assert conv['kernel_size'] == (3, 2) and conv['stride'] == (1, 2) and conv['groups'] == 2
+    assert conv['pads'] == ((0, 0), (0, 0)) and conv['rhs_dilation'] == (1, 1)
+    ws = s.rows[5].to_dict()
+    # SAME with a dilated 3-tap kernel spans 5: two pads on each side.
+    assert ws['pads'] == ((2, 2), (2, 2)) and ws['rhs_dilation'] == (2, 2)
+    pool = s.rows[6].to_dict()
+    # lax's SAME for a 2-window at stride 1 pads one at the end.
+    assert pool['kernel_size'] == (2, 2) and pool['pads'] == ((0, 1), (0, 1))
+    assert [r.type for r in s.rows][:3] == ['Conv2d', 'ReLU', 'MaxPool2d']
+    assert s.rows[4].type == 'relu' and s.rows[4].params == 0
+
+
+class Net(nn.Module):
+    """A non-Sequential model: layers in attributes, a list, a dict, and a parameter of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = brainconv.Conv2d((8, 8, 3), 6, 3, stride=2, w_init=w_init(), b_init=bias)
+        self.blocks = [brainconv.Conv2d((4, 4, 6), 6, 3, groups=3, w_init=w_init()), nn.ReLU()]
+        self.pool = nn.AvgPool2d(2, 2, in_size=(4, 4, 6))
+        self.head = {'flat': nn.Flatten(in_size=(2, 2, 6)), 'fc': nn.Linear(24, 5)}
+        self.scale = brainstate.ParamState(jnp.ones(5))
+
+    def update(self, x, record=None):
+        record = [] if record is None else record
+        for layer in (self.conv, *self.blocks, self.pool, self.head['flat'], self.head['fc']):
+            y = layer(x)
+            record.append((layer, x, y))
+            x = y
+        return x * self.scale.value
+
+
+def test_a_custom_module():
+    with lenient_promotion():  # AvgPool2d runs itself on a dummy input to learn its out_size
+        net = Net()
+    x = jnp.ones((3, 8, 8, 3))
+    records = []
+    with lenient_promotion():
+        net(x, records)
+    s = brainconv.summary(net)
+    assert [r.path for r in s.rows] == ['conv', 'blocks.0', 'blocks.1', 'pool', 'head.flat', 'head.fc', 'scale']
+    check_against_run(s.rows[:-1], records)
+    assert s.total_macs == sum(macs_from_run(layer, x, y) for layer, x, y in records)
+    assert s.rows[-1].params == 5
+    assert s.total_params == state_params(net) == sum(state_params(layer) for layer, _, _ in records) + 5
+    assert s.param_bytes == 4 * state_params(net)
+
+
+def test_a_shared_layer_counts_its_parameters_once():
+    conv = brainconv.Conv1d((10, 2), 2, 3, w_init=w_init())
+    net = nn.Sequential(conv, nn.ReLU(), conv)
+    s = brainconv.summary(net)
+    assert [r.params for r in s.rows] == [conv.num_params, 0, 0]
+    assert 'shared with layers.0' in s.rows[2].type
+    assert s.total_params == state_params(net) == 2 * 3 * 2
+    assert s.total_macs == 2 * (10 * 2 * 3 * 2)  # it runs twice
+
+
+def test_quantity_weights_count_their_mantissa():
+    import brainunit as u
+    layer = brainconv.Conv2d((5, 5, 2), 3, 3, w_init=lambda shape: u.Quantity(np.ones(shape, np.float32), unit=u.mS))
+    s = brainconv.summary(layer)
+    assert s.total_params == 3 * 3 * 2 * 3
+    assert s.rows[0].path == '' and s.rows[0].type == 'Conv2d'
+
+
+def test_in_size_argument():
+    net = nn.Sequential(nn.ReLU(), brainconv.Conv1d((7, 1), 1, 3, w_init=ones))
+    s = brainconv.summary(net)  # the ReLU first: the model's in_size is unknown
+    assert s.rows[0].in_size is None and s.rows[1].in_size == (7, 1)
+    s = brainconv.summary(net, in_size=(7, 1))
+    assert s.rows[0].in_size == s.rows[0].out_size == (7, 1)
+    assert s.rows[1].receptive_field is not None
+    with pytest.raises(ValueError, match=r"in_size \(8, 1\) does not match the model's in_size \(7, 1\)"):
+        brainconv.summary(brainconv.Conv1d((7, 1), 1, 3, w_init=ones), in_size=(8, 1))
+    with pytest.raises(ValueError, match='in_size must be a sequence of positive ints'):
+        brainconv.summary(net, in_size=(7, 0))
+    with pytest.raises(ValueError, match='at least one layer'):
+        brainconv.summary([])
+    with pytest.raises(TypeError, match='expected brainstate Modules or callables, got int'):
+        brainconv.summary([brainconv.Conv1d((7, 1), 1, 3, w_init=ones), 3])
+
+
+def test_summary_runs_nothing(monkeypatch):
+    net = vision_net()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('summary must not run or trace anything')
+
+    for target in (brainconv.functional, jax.lax):
+        for name in ('conv_resolved', 'conv_transpose_resolved', 'conv_general_dilated', 'reduce_window'):
+            if hasattr(target, name):
+                monkeypatch.setattr(target, name, refuse)
+    monkeypatch.setattr(jax, 'eval_shape', refuse)
+    monkeypatch.setattr(jax, 'jit', refuse)
+    s = brainconv.summary(net)
+    assert s.out_size == (10,)
+
+
+# --- receptive fields -------------------------------------------------------------------------
+
+def input_supports(layers, in_shape):
+    """For every output position, the input box (min, max per spatial axis) it depends on.
+
+    Read off the Jacobian of the (channels-last) output with respect to the input.
+    """
+    def f(x):
+        for layer in layers:
+            x = layer(x)
+        return x[0]
+
+    with lenient_promotion():
+        jac = np.abs(np.asarray(jax.jacrev(f)(jnp.ones((1,) + tuple(in_shape)))))
+    nd = len(in_shape) - 1
+    out_spatial = jac.shape[:nd]
+    # Sum over output channel, the batch axis of the input, and the input channel.
+    dep = jac.sum(axis=(nd, nd + 1, jac.ndim - 1))
+    supports = {}
+    for index in np.ndindex(*out_spatial):
+        nz = np.nonzero(dep[index])
+        supports[index] = [(int(a.min()), int(a.max())) for a in nz]
+    return supports
+
+
+RF_CHAINS = {
+    'stride and dilation': lambda: [
+        brainconv.Conv2d((40, 40, 1), 2, (3, 5), stride=(1, 2), w_init=ones),
+        brainconv.Conv2d((40, 20, 2), 2, 3, stride=2, rhs_dilation=(2, 1), padding='VALID', w_init=ones),
+        nn.AvgPool2d(2, 2, channel_axis=-1),
+        brainconv.Conv2d((9, 4, 2), 1, 3, padding='CAUSAL', w_init=ones),
+    ],
+    'explicit pads and SAME_LOWER': lambda: [
+        brainconv.Conv2d((30, 30, 1), 1, 4, padding=((3, 0), (1, 2)), w_init=ones),
+        nn.ReLU(),
+        nn.AvgPool2d(3, 2, padding='SAME', channel_axis=-1),
+        brainconv.Conv2d((15, 15, 1), 1, 2, stride=2, padding='SAME_LOWER', w_init=ones),
+    ],
+}
+
+
+@pytest.mark.parametrize('chain', sorted(RF_CHAINS))
+def test_receptive_field_is_the_gradient_support(chain):
+    layers = RF_CHAINS[chain]()
+    rf = brainconv.receptive_field(layers)
+    in_shape = layers[0].in_size
+    checked = 0
+    for index, support in input_supports(layers, in_shape).items():
+        predicted = [(st + i * j - (r - 1) / 2, st + i * j + (r - 1) / 2)
+                     for st, i, j, r in zip(rf.start, index, rf.jump, rf.size)]
+        inside = all(lo >= 0 and hi <= n - 1 for (lo, hi), n in zip(predicted, in_shape))
+        if inside:  # away from the border the support is the whole field
+            assert support == [(int(lo), int(hi)) for lo, hi in predicted], index
+            checked += 1
+    assert checked > 0
+
+
+def test_receptive_field_recurrence_by_hand():
+    # k=3 (SAME), then k=3 stride 2 (SAME: pads (0, 1)), then k=3 dilated by 2.
+    rf = brainconv.receptive_field([
+        brainconv.Conv1d((32, 1), 1, 3, w_init=ones),
+        brainconv.Conv1d((32, 1), 1, 3, stride=2, w_init=ones),
+        brainconv.Conv1d((16, 1), 1, 3, rhs_dilation=2, w_init=ones)])
+    assert rf.size == (13,) and rf.jump == (2,) and rf.start == (1,)
+    # A stride-2 transposed convolution halves the jump.
+    rf = brainconv.receptive_field(brainconv.ConvTranspose1d((8, 1), 1, 4, stride=2, w_init=ones))
+    assert rf.jump == (Fraction(1, 2),) and rf.size == (Fraction(5, 2),)
+
+
+def test_summary_receptive_field_column_matches_receptive_field():
+    net = vision_net()
+    s = brainconv.summary(net)
+    assert s.rows[6].receptive_field == brainconv.receptive_field(net.layers[:7])
+    assert s.rows[0].receptive_field == brainconv.receptive_field(net.layers[0])
+    assert s.rows[7].receptive_field is None and s.rows[8].receptive_field is None
+    assert s.receptive_field == s.rows[6].receptive_field
+
+
+def test_receptive_field_errors():
+    conv = brainconv.Conv1d((8, 1), 1, 3, w_init=ones)
+    with pytest.raises(ValueError, match=r'layers.1 \(Flatten\) is not a convolution, pooling'):
+        brainconv.receptive_field(nn.Sequential(conv, nn.Flatten(in_size=(8, 1)), conv))
+    with pytest.raises(ValueError, match=r'takes in_size \(9, 1\) but the layer before it gives \(8, 1\)'):
+        brainconv.receptive_field([conv, brainconv.Conv1d((9, 1), 1, 3, w_init=ones)])
+    with pytest.raises(ValueError, match='at least one convolution or pooling layer'):
+        brainconv.receptive_field([nn.ReLU()], in_size=(8, 1))
+    with pytest.raises(ValueError, match=r'0 \(Linear\) mixes all positions'):
+        brainconv.receptive_field([nn.Linear(8, 8, w_init=ones)])
+
+
+def test_a_dense_layer_on_the_channel_axis_keeps_the_receptive_field():
+    layers = [brainconv.Conv1d((8, 2), 3, 3, w_init=ones), nn.Linear((8, 3), (8, 4), w_init=ones),
+              brainconv.Conv1d((8, 4), 1, 3, w_init=ones)]
+    assert brainconv.receptive_field(layers).size == (5,)
+    assert brainconv.summary(layers).rows[1].macs == 8 * 3 * 4
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+class _Table(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self._row = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == 'tr':
+            self._row = []
+            self.rows.append(self._row)
+
+    def handle_data(self, data):
+        if self._row is not None and self.lasttag in ('td', 'th'):
+            self._row.append(data)
+
+
+def test_text_and_html():
+    s = brainconv.summary(vision_net())
+    text = str(s)
+    assert repr(s) == text
+    lines = text.splitlines()
+    header, rule = lines[0], lines[1]
+    assert set(rule) == {'-'}
+    body = lines[2:2 + len(s.rows)]
+    # Columns line up: each header label starts where every row's cell starts or above blank space.
+    start = header.index('Out')
+    for line, row in zip(body, s.rows):
+        assert line[start:].startswith(str(row.out_size))
+    params_end = header.index('Params') + len('Params')
+    for line, row in zip(body, s.rows):
+        assert line[:params_end].endswith(f'{row.params:,}')  # right-aligned numbers
+    assert f'Total params: {s.total_params:,}' in text
+    assert f'MACs per example: {s.total_macs:,}' in text
+
+    table = _Table()
+    table.feed(s._repr_html_())
+    assert len(table.rows) == len(s.rows) + 1
+    assert table.rows[0][:4] == ['Layer', 'Type', 'In', 'Out']
+    assert table.rows[1][:2] == ['layers.0', 'Conv2d']
+
+
+def test_unknown_costs_are_marked():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_size, self.out_size = (4,), (4,)
+            self.w = brainstate.ParamState(jnp.ones(4))
+
+    s = brainconv.summary([brainconv.Conv1d((4, 1), 1, 3, w_init=ones), nn.Flatten(in_size=(4, 1)), Custom()])
+    assert s.rows[2].macs is None and s.rows[2].params == 4
+    assert '?' in str(s).splitlines()[4] and 'not counting 2' in str(s)
+
+
+def test_rows_for_pandas():
+    pd = pytest.importorskip('pandas')
+    s = brainconv.summary(decoder_net())
+    df = pd.DataFrame(s.to_rows())
+    assert list(df['path']) == [r.path for r in s.rows]
+    assert df['params'].sum() == s.total_params
+    assert df['rf_jump'].iloc[1] == (1,) and df['rf_jump'].iloc[2] == (1 / 3,)
