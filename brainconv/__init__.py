@@ -4,7 +4,7 @@ Shapes are known at construction (:mod:`brainconv.shapes`), the stateless ops
 live in :mod:`brainconv.functional`, and the layers in :mod:`brainconv.layers`.
 """
 
-from . import functional, shapes
+from . import functional, lowering, shapes
 from .layers import (
                      Conv,
                      Conv1d,
@@ -19,6 +19,7 @@ from .layers import (
                      ScaledWSConv2d,
                      ScaledWSConv3d,
 )
+from .lowering import LOWERINGS, get_lowering, set_lowering, use_lowering
 from .tools import receptive_field, summary
 
 __version__ = '0.1.0'
@@ -28,4 +29,5 @@ __all__ = [
     'ConvTranspose', 'ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d',
     'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
     'functional', 'shapes', 'summary', 'receptive_field', '__version__',
+    'lowering', 'LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering',
 ]

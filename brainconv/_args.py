@@ -151,6 +151,22 @@ def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
         return False
 
 
+#: Names of the exact formulations a convolution can be lowered to (see :mod:`brainconv.lowering`).
+LOWERINGS = ('lax', 'lax_vjp', 'im2col', 'taps', 'fold')
+
+
+def lowering(value: Any, allow_auto: bool = True) -> str | None:
+    """A lowering name from :data:`LOWERINGS`, ``'auto'``, or None (follow the global setting)."""
+    allowed = LOWERINGS + (('auto',) if allow_auto else ())
+    if value is None and allow_auto:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"lowering must be a string in {allowed}{' or None' if allow_auto else ''}, got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"lowering must be one of {allowed}{' or None' if allow_auto else ''}, got {value!r}")
+    return value
+
+
 def mask_shape(shape: Sequence[int], kernel_shape: Sequence[int]) -> None:
     if not _broadcasts_to(shape, kernel_shape):
         raise ValueError(f"w_mask must broadcast to the kernel shape {tuple(kernel_shape)}, "

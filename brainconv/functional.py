@@ -11,6 +11,7 @@ the ``*_resolved`` ops directly with what they resolved at construction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -20,7 +21,8 @@ import numpy as np
 from jax import lax
 
 from . import _args
-from .shapes import ConvGeometry, Padding, Pads, transpose_lax_pads
+from . import lowering as _lowering
+from .shapes import ConvGeometry, Padding, Pads, transpose_as_conv
 
 __all__ = ['pad', 'conv', 'conv_transpose', 'transpose_kernel', 'weight_standardize']
 
@@ -67,22 +69,37 @@ def pad(x: Any, pads: Pads, mode: str = 'ZEROS', *, channel_first: bool = False)
     return jnp.pad(x, widths, mode=_JNP_MODE[mode])
 
 
+def _channels(x: jax.Array, channel_first: bool) -> int:
+    return x.shape[1] if channel_first else x.shape[-1]
+
+
 def conv_resolved(
     x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, padding_mode: str,
-    channel_first: bool, precision: Any = None,
+    channel_first: bool, precision: Any = None, lowering: str | None = None,
 ) -> jax.Array:
-    """Convolution of ``x`` (exactly one batch axis) with everything resolved."""
+    """Convolution of ``x`` (exactly one batch axis) with everything resolved.
+
+    ``lowering`` picks the formulation (:mod:`brainconv.lowering`); None
+    follows the global setting.
+    """
     nd = geometry.num_spatial_dims
     x, w = _common_dtype(x, w)
+    name = _lowering.resolve(lowering, geometry, groups, _channels(x, channel_first), w.shape[-1])
     pads = geometry.pads
     if padding_mode != 'ZEROS':
         x = pad(x, pads, padding_mode, channel_first=channel_first)
         pads = ((0, 0),) * nd
-    return lax.conv_general_dilated(
-        x, w, window_strides=geometry.stride, padding=pads,
-        lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.rhs_dilation,
-        dimension_numbers=_dimension_numbers(nd, channel_first, False),
-        feature_group_count=groups, precision=precision)
+    if name == 'lax':
+        return lax.conv_general_dilated(
+            x, w, window_strides=geometry.stride, padding=pads,
+            lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.rhs_dilation,
+            dimension_numbers=_dimension_numbers(nd, channel_first, False),
+            feature_group_count=groups, precision=precision)
+    if channel_first:
+        x = jnp.moveaxis(x, 1, -1)
+    core = dataclasses.replace(geometry, in_spatial=tuple(x.shape[1:-1]), pads=pads)
+    y = _lowering.conv_core(x, w, core, groups, name, precision)
+    return jnp.moveaxis(y, -1, 1) if channel_first else y
 
 
 def _fold_circular(z: jax.Array, pads: Pads, out_spatial: Sequence[int], axes: Sequence[int]) -> jax.Array:
@@ -96,32 +113,37 @@ def _fold_circular(z: jax.Array, pads: Pads, out_spatial: Sequence[int], axes: S
 
 def conv_transpose_resolved(
     y: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, padding_mode: str,
-    channel_first: bool, precision: Any = None,
+    channel_first: bool, precision: Any = None, lowering: str | None = None,
 ) -> jax.Array:
     """Transposed convolution of ``y`` (exactly one batch axis) with everything resolved.
 
     The adjoint of the forward convolution described by ``geometry``: the
     stride becomes an lhs dilation, the kernel is flipped, and the pads come
-    from :func:`brainconv.shapes.transpose_lax_pads`.
+    from :func:`brainconv.shapes.transpose_lax_pads`.  ``lowering`` picks the
+    formulation (:mod:`brainconv.lowering`); None follows the global setting.
     """
     g = geometry
     nd = g.num_spatial_dims
     y, w = _common_dtype(y, w)
+    name = _lowering.resolve(lowering, g, groups, _channels(y, channel_first), w.shape[nd])
     w = jnp.flip(w, axis=tuple(range(nd)))
-    if padding_mode == 'ZEROS':
-        pads = g.lax_pads()
-    else:  # CIRCULAR: transpose onto the padded length, then fold the pads back.
-        padded = [n + lo + hi for n, (lo, hi) in zip(g.out_spatial, g.pads)]
-        pads = tuple(transpose_lax_pads(m, n, k, s, d, 0, 0)
-                     for m, n, k, s, d in zip(g.in_spatial, padded, g.kernel_size, g.stride, g.rhs_dilation))
-    z = lax.conv_general_dilated(
-        y, w, window_strides=(1,) * nd, padding=pads,
-        lhs_dilation=g.stride, rhs_dilation=g.rhs_dilation,
-        dimension_numbers=_dimension_numbers(nd, channel_first, True),
-        feature_group_count=groups, precision=precision)
-    if padding_mode == 'ZEROS':
-        return z
-    return _fold_circular(z, g.pads, g.out_spatial, _spatial_axes(z.ndim, nd, channel_first))
+    wrap = padding_mode == 'CIRCULAR'
+    core = transpose_as_conv(g, wrap=wrap)
+    if name == 'lax':
+        z = lax.conv_general_dilated(
+            y, w, window_strides=core.stride, padding=core.pads,
+            lhs_dilation=core.lhs_dilation, rhs_dilation=core.rhs_dilation,
+            dimension_numbers=_dimension_numbers(nd, channel_first, True),
+            feature_group_count=groups, precision=precision)
+        axes = _spatial_axes(z.ndim, nd, channel_first)
+    else:
+        if channel_first:
+            y = jnp.moveaxis(y, 1, -1)
+        z = _lowering.conv_core(y, jnp.swapaxes(w, -1, -2), core, groups, name, precision)
+        axes = tuple(range(1, nd + 1))
+    if wrap:  # CIRCULAR: transposed onto the padded length; fold the pads back.
+        z = _fold_circular(z, g.pads, g.out_spatial, axes)
+    return jnp.moveaxis(z, -1, 1) if channel_first and name != 'lax' else z
 
 
 def transpose_kernel(w: Any, groups: int = 1) -> Any:
@@ -162,6 +184,7 @@ def conv(
     x: Any, kernel: Any, *, stride: int | Sequence[int] = 1, padding: Padding | int = 'SAME',
     lhs_dilation: int | Sequence[int] = 1, rhs_dilation: int | Sequence[int] = 1, groups: int = 1,
     padding_mode: str = 'ZEROS', channel_first: bool = False, precision: Any = None,
+    lowering: str | None = None,
 ) -> jax.Array:
     """N-d convolution of ``x`` with ``kernel`` of shape ``(*kernel_size, C_in // groups, C_out)``.
 
@@ -172,7 +195,8 @@ def conv(
                            lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
     return _with_batch(
-        lambda b: conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first, precision),
+        lambda b: conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first, precision,
+                                lowering),
         x, nd + 1)
 
 
@@ -180,6 +204,7 @@ def conv_transpose(
     x: Any, kernel: Any, *, stride: int | Sequence[int] = 1, padding: Padding | int = 'SAME',
     rhs_dilation: int | Sequence[int] = 1, groups: int = 1, output_padding: int | Sequence[int] = 0,
     padding_mode: str = 'ZEROS', channel_first: bool = False, precision: Any = None,
+    lowering: str | None = None,
 ) -> jax.Array:
     """N-d transposed convolution with ``kernel`` of shape ``(*kernel_size, C_out, C_in // groups)``.
 
@@ -191,5 +216,5 @@ def conv_transpose(
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
     return _with_batch(
         lambda b: conv_transpose_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode,
-                                          channel_first, precision),
+                                          channel_first, precision, lowering),
         x, nd + 1)

@@ -20,7 +20,8 @@ import brainunit as u
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args, _units, functional
+from . import _args, _init, _units, functional
+from . import lowering as _lowering
 from .shapes import Padding, adjoint_output_padding
 
 __all__ = [
@@ -36,7 +37,7 @@ Init = Union[Callable[..., Any], Any]
 def _materialize(init: Init, shape: Tuple[int, ...], name: str) -> Any:
     """Array of ``shape`` from an initializer (called with the shape) or an array
     broadcastable to it (a bias given as a ``(C,)`` vector, say)."""
-    value = init(shape) if callable(init) else init
+    value = _init.sample(init, shape) if callable(init) else init  # variance scaling: NumPy, no compiles
     if not hasattr(value, 'shape'):
         value = jnp.asarray(value)
     if tuple(value.shape) != tuple(shape):
@@ -51,7 +52,7 @@ class _ConvBase(brainstate.nn.Module):
     num_spatial_dims: int
 
     def _setup(self, spec: _args.ConvSpec, w_init: Init, b_init: Init | None, w_mask: Init | None,
-               param_type: type, precision: Any) -> None:
+               param_type: type, precision: Any, lowering: str | None = None) -> None:
         """Everything after validation: masks and weights first, then attributes."""
         kernel_shape = spec.kernel_shape
         mask = None
@@ -69,6 +70,7 @@ class _ConvBase(brainstate.nn.Module):
         self.in_size = spec.in_size
         self.out_size = spec.out_size
         self.precision = precision
+        self._lowering = lowering
         self.w_mask = mask
         self.weight = param_type(params)
 
@@ -86,6 +88,16 @@ class _ConvBase(brainstate.nn.Module):
     channel_first = property(lambda self: self.spec.channel_first)
     channels_last = property(lambda self: not self.spec.channel_first)
     pads = property(lambda self: self.spec.geometry.pads, doc="Resolved (low, high) pads per spatial axis.")
+
+    @property
+    def lowering(self) -> str:
+        """The formulation this layer's convolution runs as now (:mod:`brainconv.lowering`).
+
+        The layer's ``lowering`` argument if it named one, else the global
+        setting, with ``'auto'`` resolved for the default backend.
+        """
+        return _lowering.resolve(self._lowering, self.spec.geometry, self.groups, self.in_channels,
+                                 self.out_channels)
 
     @property
     def num_params(self) -> int:
@@ -133,7 +145,7 @@ class _ConvBase(brainstate.nn.Module):
         mode = '' if self.spec.padding_mode == 'ZEROS' else f' {self.spec.padding_mode}'
         return (f"{type(self).__name__}({self.in_size} -> {self.out_size}, kernel={g.kernel_size}, "
                 f"stride={g.stride}, padding={padding}{mode} {g.pads}, groups={self.groups}, "
-                f"params={self.num_params})")
+                f"params={self.num_params}, lowering={self.lowering})")
 
 
 _SHARED_ARGS = """\
@@ -170,6 +182,14 @@ _SHARED_TAIL = """\
         Passed to ``jax.lax.conv_general_dilated``.
 """
 
+_LOWERING_ARG = """\
+    lowering : str, optional
+        The exact formulation the convolution runs as: 'lax', 'lax_vjp', 'im2col', 'taps',
+        'fold' or 'auto' (see :mod:`brainconv.lowering`); None follows
+        :func:`brainconv.set_lowering` (initially 'auto': measured per backend).  The
+        ``lowering`` property reports the resolved choice.
+"""
+
 _CALL = """
     Calling the layer on ``x`` of shape ``(*batch, *in_size)`` (no batch axis, one, or
     several) returns ``(*batch, *out_size)``.  ``out_size`` is known at construction.
@@ -191,7 +211,7 @@ _CONV_DOC = """{title}
         Kernel dilation.
     groups : int, default 1
         Divides in_channels and out_channels.
-{extra}{tail}
+{extra}{tail}{lowering}
     Examples
     --------
     >>> import brainconv, jax.numpy as jnp
@@ -219,7 +239,7 @@ _TRANSPOSE_DOC = """{title}
 {tail}    output_padding : int or sequence of {nd} ints, default 0
         Picks among the output shapes a stride > 1 maps to one input shape; smaller
         than max(stride, rhs_dilation).
-
+{lowering}
     Examples
     --------
     >>> import brainconv
@@ -272,7 +292,7 @@ def _render(stem: str, nd: int | None) -> str:
         nd=nd or 'num_spatial_dims', title=_TITLES[stem].format(rank=rank, suffix=suffix),
         dims=f'{nd} spatial axes' if nd else '``num_spatial_dims`` spatial axes',
         num='' if nd else '    num_spatial_dims : int\n        Number of spatial axes (1 for Conv1d, ...).\n',
-        call=_CALL, extra=_WS_EXTRA if stem == 'ScaledWSConv' else '',
+        call=_CALL, extra=_WS_EXTRA if stem == 'ScaledWSConv' else '', lowering=_LOWERING_ARG,
         example=_EXAMPLES[stem, nd][0], example_out=_EXAMPLES[stem, nd][1])
     fields['shared'] = _SHARED_ARGS.format(**fields)
     fields['tail'] = _SHARED_TAIL.format(modes=_TRANSPOSE_MODES if stem == 'ConvTranspose' else _MODES)
@@ -301,15 +321,17 @@ class Conv(_ConvBase):
         param_type: type = brainstate.ParamState,
         padding_mode: str = 'ZEROS',
         precision: Any = None,
+        lowering: str | None = None,
     ):
         spec = _args.conv_spec(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding,
                                lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
+        lowering = _args.lowering(lowering)
         super().__init__(name=name)
-        self._setup(spec, w_init, b_init, w_mask, param_type, precision)
+        self._setup(spec, w_init, b_init, w_mask, param_type, precision, lowering)
 
     def _op(self, x, w):
         return functional.conv_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
-                                        self.channel_first, self.precision)
+                                        self.channel_first, self.precision, self._lowering)
 
     def transpose(self) -> ConvTranspose:
         """The ConvTranspose that computes exactly the adjoint of this layer's linear part.
@@ -332,7 +354,7 @@ class Conv(_ConvBase):
             self.out_size, self.in_channels, g.kernel_size, stride=g.stride,
             padding=g.pads, rhs_dilation=g.rhs_dilation, groups=self.groups, w_init=kernel,
             channel_first=self.channel_first, padding_mode=self.padding_mode,
-            precision=self.precision, output_padding=adjoint_output_padding(g))
+            precision=self.precision, output_padding=adjoint_output_padding(g), lowering=self._lowering)
 
 
 class ScaledWSConv(Conv):
@@ -359,12 +381,13 @@ class ScaledWSConv(Conv):
         param_type: type = brainstate.ParamState,
         padding_mode: str = 'ZEROS',
         precision: Any = None,
+        lowering: str | None = None,
     ):
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"eps must be a positive float, got {eps!r}")
         super().__init__(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding, lhs_dilation,
                          rhs_dilation, groups, w_init, b_init, w_mask, channel_first, name, param_type,
-                         padding_mode, precision)
+                         padding_mode, precision, lowering)
         self.eps = float(eps)
         if ws_gain:
             gain = jnp.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,))
@@ -401,17 +424,19 @@ class ConvTranspose(_ConvBase):
         padding_mode: str = 'ZEROS',
         precision: Any = None,
         output_padding: IntOrSeq = 0,
+        lowering: str | None = None,
     ):
         spec = _args.conv_transpose_spec(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding,
                                          rhs_dilation, groups, output_padding, padding_mode, channel_first)
+        lowering = _args.lowering(lowering)
         super().__init__(name=name)
-        self._setup(spec, w_init, b_init, w_mask, param_type, precision)
+        self._setup(spec, w_init, b_init, w_mask, param_type, precision, lowering)
 
     output_padding = property(lambda self: self.spec.geometry.output_padding)
 
     def _op(self, x, w):
         return functional.conv_transpose_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
-                                                  self.channel_first, self.precision)
+                                                  self.channel_first, self.precision, self._lowering)
 
 
 def _show_signature(cls: type, drop: int) -> None:

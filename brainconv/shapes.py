@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence, Tuple, Union
+from math import gcd
+from typing import List, Sequence, Tuple, Union
 
 Pads = Tuple[Tuple[int, int], ...]
 Padding = Union[str, Pads]
@@ -36,6 +37,7 @@ __all__ = [
     'transpose_out_length', 'transpose_lax_pads', 'adjoint_output_padding',
     'conv_geometry', 'conv_transpose_geometry',
     'ReceptiveField', 'receptive_field_step',
+    'transpose_as_conv', 'adjoint_geometry', 'Phase', 'axis_phases',
 ]
 
 
@@ -278,3 +280,97 @@ def receptive_field_step(rf: ReceptiveField, geometry: ConvGeometry) -> Receptiv
         start.append(st + (Fraction(span - 1, 2) - lo) * j)
         jump.append(j * s)
     return ReceptiveField(tuple(size), tuple(jump), tuple(start))
+
+
+def transpose_as_conv(geometry: ConvGeometry, wrap: bool = False) -> ConvGeometry:
+    """The lhs-dilated, flipped-kernel convolution that computes a transposed one.
+
+    Its input is the transposed convolution's input, its lhs dilation the
+    stride, its window stride 1 and its pads :meth:`ConvGeometry.lax_pads`.
+    With ``wrap`` (CIRCULAR mode) it maps onto the *padded* output length
+    ``n + lo + hi`` instead, with the pads of an unpadded forward convolution;
+    the caller folds the pads back.
+    """
+    g = geometry
+    nd = g.num_spatial_dims
+    if not wrap:
+        out, pads = g.out_spatial, g.lax_pads()
+    else:
+        out = tuple(n + lo + hi for n, (lo, hi) in zip(g.out_spatial, g.pads))
+        pads = tuple(transpose_lax_pads(m, n, k, s, d, 0, 0)
+                     for m, n, k, s, d in zip(g.in_spatial, out, g.kernel_size, g.stride, g.rhs_dilation))
+    return ConvGeometry(g.in_spatial, out, g.kernel_size, (1,) * nd, pads, g.stride, g.rhs_dilation)
+
+
+def adjoint_geometry(geometry: ConvGeometry) -> ConvGeometry:
+    """The convolution that computes the input gradient of ``geometry``.
+
+    ``geometry`` must be a non-transposed convolution (an lhs-dilated one is
+    fine).  Its adjoint reads the output gradient lhs-dilated by the stride,
+    with the kernel flipped, window stride equal to the lhs dilation, low pad
+    ``span - 1 - lo`` and the high pad that returns exactly ``in_spatial``
+    positions; without lhs dilation these are :func:`transpose_lax_pads`.
+    """
+    g = geometry
+    if g.transposed:
+        raise ValueError(f"adjoint_geometry needs a non-transposed convolution, got {g}")
+    pads = []
+    for m, n, k, s, d, ld, (lo, _) in zip(g.out_spatial, g.in_spatial, g.kernel_size, g.stride, g.rhs_dilation,
+                                         g.lhs_dilation, g.pads):
+        low = kernel_span(k, d) - 1 - lo
+        pads.append((low, (n - 1) * ld + kernel_span(k, d) - dilated_length(m, s) - low))
+    return ConvGeometry(g.out_spatial, g.in_spatial, g.kernel_size, g.lhs_dilation, tuple(pads), g.stride,
+                        g.rhs_dilation)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The outputs ``o = q * period + residue`` of an lhs-dilated convolution, on one axis.
+
+    They form a plain (undilated-input) convolution of the original input:
+    ``count`` outputs, kernel taps ``first_tap, first_tap + tap_step, ...``
+    (``num_taps`` of them; none when every tap of this phase reads an inserted
+    zero), window stride ``stride``, rhs dilation ``rhs_dilation`` and pads
+    ``pads`` (negative crops).
+    """
+
+    residue: int
+    count: int
+    first_tap: int
+    num_taps: int
+    tap_step: int
+    stride: int
+    rhs_dilation: int
+    pads: Tuple[int, int]
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0 or self.num_taps == 0
+
+
+def axis_phases(n: int, k: int, s: int, d: int, ld: int, lo: int, out: int) -> Tuple[int, List[Phase]]:
+    """Split one axis of an lhs-dilated convolution into its output phases.
+
+    Output ``o`` reads the dilated, padded input at ``o * s + t * d``, which
+    holds input ``(o * s + t * d - lo) / ld`` when that is an integer (and a
+    zero otherwise).  That divisibility depends only on ``o`` modulo
+    ``period = ld / gcd(s, ld)``, so each residue class of outputs is an
+    ordinary convolution of the undilated input with every
+    ``ld / gcd(d, ld)``-th tap: window stride ``s / gcd(s, ld)``, rhs dilation
+    ``d / gcd(d, ld)``.  Returns ``(period, phases)``; with ``ld == 1`` there is
+    one phase, the convolution itself.
+    """
+    period, sub_stride = ld // gcd(s, ld), s // gcd(s, ld)
+    tap_step, sub_dilation = ld // gcd(d, ld), d // gcd(d, ld)
+    phases = []
+    for r in range(period):
+        count = max(0, -(-(out - r) // period))
+        first = next((t for t in range(min(k, tap_step)) if (r * s + t * d - lo) % ld == 0), None)
+        if first is None or count == 0:
+            phases.append(Phase(r, count, 0, 0, tap_step, sub_stride, sub_dilation, (0, 0)))
+            continue
+        num = len(range(first, k, tap_step))
+        e0 = (r * s + first * d - lo) // ld
+        hi = (count - 1) * sub_stride + (num - 1) * sub_dilation + e0 + 1 - n
+        phases.append(Phase(r, count, first, num, tap_step, sub_stride, sub_dilation, (-e0, hi)))
+    return period, phases
