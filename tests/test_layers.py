@@ -61,7 +61,7 @@ def _build_transpose(c, seed=0):
         padding_mode=c['mode'], output_padding=c['output_padding'])
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(transpose_configs())
 def test_conv_transpose_matches_reference(c):
     if min(c['out']) < 1:
@@ -83,7 +83,7 @@ def _inner(a, b):
     return float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
 
 
-@settings(max_examples=80)
+@settings(max_examples=40)
 @given(conv_configs(modes=('ZEROS', 'CIRCULAR')))
 def test_transpose_method_is_the_adjoint(c):
     c = dict(c, lhs=(1,) * c['nd'], bias=False)
