@@ -16,17 +16,17 @@ pad first.  The formulations:
 ``'lax_vjp'``
     The same call, with the zero pads always handed to it (an all-zero
     window goes to one axis padded by its stride, the extra output cropped),
-    and a custom VJP: the input gradient is the adjoint convolution lowered
+    and its own gradients: the input gradient is the adjoint convolution lowered
     the same way, the weight gradient a sum over windows of output rows of
     ``im2col(x)^T @ grad`` (per-tap products, summed in one variadic reduce,
     for depthwise kernels; XLA's own for 1-d ungrouped kernels).
 ``'im2col'``
     Per window of output rows, the kernel taps' strided slices stacked into
-    patches, then one matmul; the custom VJP above.
+    patches, then one matmul; the gradients above.
 ``'taps'``
     Shift-multiply-add: one strided slice of the input per kernel tap,
     multiplied into that tap's weights (elementwise for depthwise kernels, a
-    grouped matmul otherwise) and summed; the custom VJP above.
+    grouped matmul otherwise) and summed; the gradients above.
 ``'fold'``
     The taps of the first spatial axis folded into the channels, leaving an
     (N-1)-d convolution (a matmul for 1-d) on ``'lax_vjp'``'s path; the
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any, Callable, Iterator, List, Sequence, Tuple
@@ -59,6 +60,10 @@ from typing import Any, Callable, Iterator, List, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax._src import dispatch
+from jax.core import ShapedArray
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from . import _args
 from .shapes import ConvGeometry, adjoint_geometry, axis_phases, kernel_span
@@ -351,14 +356,6 @@ def _forward_fold(x, w, g, groups, precision):
     return y.reshape((x.shape[0], out0) + y.shape[1:])
 
 
-_FORWARD = {
-    'lax_vjp': _forward_lax,
-    'taps': _forward_taps,
-    'im2col': _forward_im2col,
-    'fold': _forward_fold,
-}
-
-
 # --------------------------------------------------------------------------- #
 # Backward: adjoint convolution and chunked weight gradient
 # --------------------------------------------------------------------------- #
@@ -419,7 +416,7 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
 
 
 # --------------------------------------------------------------------------- #
-# Phases and the custom VJP
+# Phases
 # --------------------------------------------------------------------------- #
 
 def _phase_plan(g: ConvGeometry) -> Tuple[List[int], list]:
@@ -449,19 +446,19 @@ def _phase_plan(g: ConvGeometry) -> Tuple[List[int], list]:
     return periods, plan
 
 
-def _phased(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, name: str, precision: Any) -> jax.Array:
-    """An lhs-dilated core convolution as its sub-pixel phases, interleaved."""
+def _phased(forward: Callable, x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int,
+            precision: Any) -> jax.Array:
+    """An lhs-dilated core convolution as its sub-pixel phases (each by ``forward``), interleaved."""
     nd = g.num_spatial_dims
     periods, plan = _phase_plan(g)
     q = [-(-out // p) for out, p in zip(g.out_spatial, periods)]
-    dtype = jnp.result_type(x, w)
     pieces: List[jax.Array] = []
     for entry in plan:
         if entry is None:
-            pieces.append(jnp.zeros((x.shape[0],) + tuple(q) + (w.shape[-1],), dtype))
+            pieces.append(jnp.zeros((x.shape[0],) + tuple(q) + (w.shape[-1],), x.dtype))
             continue
         taps, _, sub = entry
-        piece = _conv_vjp(x, w[taps], sub, groups, name, precision)
+        piece = forward(x, w[taps], sub, groups, precision)
         pieces.append(_pad(piece, [(0, qa - c) for qa, c in zip(q, sub.out_spatial)]))
     y = jnp.stack(pieces).reshape(tuple(periods) + pieces[0].shape)
     order = [nd] + [i for a in range(nd) for i in (nd + 1 + a, a)] + [2 * nd + 1]
@@ -469,54 +466,223 @@ def _phased(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, name: str,
     return lax.slice(y, (0,) * y.ndim, (y.shape[0],) + tuple(g.out_spatial) + (y.shape[-1],))
 
 
-def _phased_weight_grad(x, gy, g, groups, precision):
+def _phased_weight_grad(weight_grad_fn: Callable, x, gy, g, groups, precision):
     """The kernel gradient of an lhs-dilated core convolution, phase by phase (each tap
     belongs to at most one phase; one that reads only inserted zeros gets zero)."""
     _, plan = _phase_plan(g)
-    dw = jnp.zeros(tuple(g.kernel_size) + (x.shape[-1] // groups, gy.shape[-1]), jnp.result_type(x, gy))
+    dw = jnp.zeros(tuple(g.kernel_size) + (x.shape[-1] // groups, gy.shape[-1]), x.dtype)
     for entry in plan:
         if entry is not None:
             taps, outs, sub = entry
-            dw = dw.at[taps].add(weight_grad(x, gy[outs], sub, groups, precision))
+            dw = dw.at[taps].add(weight_grad_fn(x, gy[outs], sub, groups, precision))
     return dw
 
 
-def _lower(x, w, g, groups, name, precision):
-    if any(ld != 1 for ld in g.lhs_dilation) and not (name == 'lax_vjp' and g.num_spatial_dims == 2):
-        return _phased(x, w, g, groups, name, precision)
-    return _conv_vjp(x, w, g, groups, name, precision)
+def _lhs_dilated(g: ConvGeometry) -> bool:
+    return any(ld != 1 for ld in g.lhs_dilation)
 
 
-def _conv_vjp(x, w, g, groups, name, precision):
-    """Formulation ``name`` of a core convolution, with the custom VJP (no lhs dilation, but
-    for ``'lax_vjp'`` in 2-d, whose forward XLA runs well; only its gradients are not)."""
-    return _conv_vjp_rule(x, w, g, groups, name, precision)
+# --------------------------------------------------------------------------- #
+# The formulations, as (forward, weight gradient) pairs of plain functions
+# --------------------------------------------------------------------------- #
+
+def _forward_phased(forward: Callable, keep_2d_lhs_dilation: bool = False) -> Callable:
+    """``forward`` for any core geometry: lhs-dilated ones split into phases first."""
+    def run(x, w, g, groups, precision):
+        if _lhs_dilated(g) and not (keep_2d_lhs_dilation and g.num_spatial_dims == 2):
+            return _phased(forward, x, w, g, groups, precision)
+        return forward(x, w, g, groups, precision)
+    return run
 
 
-def _fwd_rule(x, w, g, groups, name, precision):
-    return _FORWARD[name](x, w, g, groups, precision), (x, w)
-
-
-def _bwd_rule(g, groups, name, precision, res, gy):
-    x, w = res
-    dx = _lower(gy, adjoint_kernel(w, groups), adjoint_geometry(g), groups, name, precision)
-    if any(ld != 1 for ld in g.lhs_dilation):
-        dw = _phased_weight_grad(x, gy, g, groups, precision)
-    elif g.num_spatial_dims == 1 and groups == 1:
+def _weight_grad_any(x, gy, g, groups, precision):
+    """The kernel gradient for every formulation but 'fft': row-windowed patches^T @ grad."""
+    if _lhs_dilated(g):
+        return _phased_weight_grad(weight_grad, x, gy, g, groups, precision)
+    if g.num_spatial_dims == 1 and groups == 1:
         # XLA's own 1-d weight gradient is the faster one (config d: 7.0 ms, row windows 11.6 ms).
-        _, pullback = jax.vjp(lambda v: direct(x, v, g, groups, precision), w)
+        _, pullback = jax.vjp(lambda v: direct(x, v, g, groups, precision), jnp.zeros(
+            tuple(g.kernel_size) + (x.shape[-1], gy.shape[-1]), x.dtype))
         dw, = pullback(gy)
-    else:
-        dw = weight_grad(x, gy, g, groups, precision)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+        return dw
+    return weight_grad(x, gy, g, groups, precision)
 
 
-def _primal(x, w, g, groups, name, precision):
-    return _FORWARD[name](x, w, g, groups, precision)
+@dataclasses.dataclass(frozen=True)
+class Formulation:
+    """How one formulation computes the two maps every convolution transform is built from.
+
+    ``forward(x, w, g, groups, precision)`` and ``weight_grad(x, gy, g,
+    groups, precision)``, for any non-transposed core geometry (lhs dilation
+    and negative pads included), on one batch axis, channels last.  The
+    input gradient is ``forward`` of the adjoint geometry, so nothing else is
+    needed.  Both see float32 (or float64) arrays: 16-bit inputs are cast up
+    before and the result cast back after (accumulation in float32).
+    """
+
+    forward: Callable
+    weight_grad: Callable
 
 
-_conv_vjp_rule = jax.custom_vjp(_primal, nondiff_argnums=(2, 3, 4, 5))
-_conv_vjp_rule.defvjp(_fwd_rule, _bwd_rule)
+#: Formulation name -> its two functions.  ``'lax'`` is absent: it is the plain
+#: ``lax.conv_general_dilated`` call, differentiated by XLA's own rules.
+FORMULATIONS = {
+    'lax_vjp': Formulation(_forward_phased(_forward_lax, keep_2d_lhs_dilation=True), _weight_grad_any),
+    'im2col': Formulation(_forward_phased(_forward_im2col), _weight_grad_any),
+    'taps': Formulation(_forward_phased(_forward_taps), _weight_grad_any),
+    'fold': Formulation(_forward_phased(_forward_fold), _weight_grad_any),
+}
+
+
+# --------------------------------------------------------------------------- #
+# Two primitives: every transform sees one bilinear convolution
+# --------------------------------------------------------------------------- #
+#
+# ``conv_p(x, w)`` is the core convolution and ``weight_grad_p(x, gy)`` its
+# kernel gradient; both are bilinear, and the transposes of their four linear
+# maps are these two primitives again:
+#
+#   conv_p(x, w):        d/dx^T gy  = conv_p(gy, adjoint_kernel(w), adjoint geometry)
+#                        d/dw^T gy  = weight_grad_p(x, gy)
+#   weight_grad_p(x, gy): d/dx^T dW = conv_p(gy, adjoint_kernel(dW), adjoint geometry)
+#                        d/dgy^T dW = conv_p(x, dW)
+#
+# so ``ad.defbilinear`` gives jvp (a sum of two primitive calls), reverse mode
+# and ``linear_transpose`` from these rules alone, to any order (hessian,
+# jacfwd(jacrev)).  vmap folds a mapped axis into the batch or, for mapped
+# kernels, into the groups.  Lowering (``mlir.lower_fun``) runs the chosen
+# formulation's plain functions, so XLA sees the formulation's own ops, and
+# sharding propagates through them.
+
+def _compute_dtype(dtype) -> Any:
+    """16-bit floats are computed (and accumulated) in float32."""
+    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating) else dtype
+
+
+def _upcast(fn: Callable) -> Callable:
+    def run(a, b, **params):
+        dtype = a.dtype
+        ct = _compute_dtype(dtype)
+        out = fn(a.astype(ct), b.astype(ct), **params)
+        return out.astype(dtype)
+    return run
+
+
+def _conv_impl(x, w, *, geometry, groups, formulation, precision):
+    return FORMULATIONS[formulation].forward(x, w, geometry, groups, precision)
+
+
+def _weight_grad_impl(x, gy, *, geometry, groups, formulation, precision):
+    return FORMULATIONS[formulation].weight_grad(x, gy, geometry, groups, precision)
+
+
+def _conv_abstract(x, w, *, geometry, groups, formulation, precision):
+    del formulation, precision
+    g = geometry
+    if tuple(x.shape[1:-1]) != tuple(g.in_spatial) or w.shape[-2] * groups != x.shape[-1]:
+        raise ValueError(f"brainconv conv: input {x.shape} / kernel {w.shape} do not fit {g}, groups={groups}")
+    return ShapedArray((x.shape[0],) + tuple(g.out_spatial) + (w.shape[-1],), x.dtype)
+
+
+def _weight_grad_abstract(x, gy, *, geometry, groups, formulation, precision):
+    del formulation, precision
+    g = geometry
+    if tuple(gy.shape[1:-1]) != tuple(g.out_spatial) or gy.shape[0] != x.shape[0]:
+        raise ValueError(f"brainconv weight gradient: input {x.shape} / gradient {gy.shape} do not fit {g}")
+    return ShapedArray(tuple(g.kernel_size) + (x.shape[-1] // groups, gy.shape[-1]), x.dtype)
+
+
+def _input_transpose(ct, kernel, *, geometry, groups, formulation, precision):
+    """The input gradient: the adjoint convolution of ``ct`` (shared by both primitives)."""
+    return conv_p.bind(ct, adjoint_kernel(kernel, groups), geometry=adjoint_geometry(geometry), groups=groups,
+                       formulation=formulation, precision=precision)
+
+
+def _conv_transpose_lhs(ct, x, w, **params):
+    return _input_transpose(ct, w, **params)
+
+
+def _conv_transpose_rhs(ct, x, w, **params):
+    return weight_grad_p.bind(x, ct, **params)
+
+
+def _weight_grad_transpose_lhs(ct, x, gy, **params):
+    return _input_transpose(gy, ct, **params)
+
+
+def _weight_grad_transpose_rhs(ct, x, gy, **params):
+    return conv_p.bind(x, ct, **params)
+
+
+def _merge_batch(a, bdim):
+    """Fold mapped axis ``bdim`` into the leading batch axis."""
+    a = jnp.moveaxis(a, bdim, 0)
+    return a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), a.shape[0]
+
+
+def _to_channels(a, bdim, size):
+    """Move mapped axis ``bdim`` (broadcast if None) next to the channels: ``(N, *sp, B * C)``."""
+    if bdim is None:
+        a = jnp.broadcast_to(a[None], (size,) + a.shape)
+        bdim = 0
+    a = jnp.moveaxis(a, bdim, -2)
+    return a.reshape(a.shape[:-2] + (a.shape[-2] * a.shape[-1],))
+
+
+def _mapped_size(args, dims):
+    return next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+
+
+def _conv_batch(args, dims, *, geometry, groups, formulation, precision):
+    (x, w), (xd, wd) = args, dims
+    params = dict(geometry=geometry, formulation=formulation, precision=precision)
+    if wd is None:  # only the input is mapped: more batch
+        xb, size = _merge_batch(x, xd)
+        y = conv_p.bind(xb, w, groups=groups, **params)
+        return y.reshape((size, -1) + y.shape[1:]), 0
+    size = _mapped_size(args, dims)
+    w = jnp.moveaxis(w, wd, 0)                                   # (B, *k, Cin/g, Cout)
+    nd = geometry.num_spatial_dims
+    cin_g, cout = w.shape[-2], w.shape[-1]
+    if xd is None:  # only the kernel is mapped: B * Cout outputs, ordered (group, B, Cout / g)
+        wk = w.reshape(w.shape[:-1] + (groups, cout // groups))
+        wk = jnp.moveaxis(wk, 0, -2).reshape(w.shape[1:-1] + (groups * size * (cout // groups),))
+        y = conv_p.bind(x, wk, groups=groups, **params)
+        y = y.reshape(y.shape[:-1] + (groups, size, cout // groups))
+        y = jnp.moveaxis(y, -2, 0)
+        return y.reshape(y.shape[:-2] + (cout,)), 0
+    # both mapped: the mapped axis joins the groups, channels ordered (B, C)
+    xc = _to_channels(x, xd, size)
+    wk = jnp.moveaxis(w, 0, nd + 1).reshape(w.shape[1:nd + 1] + (cin_g, size * cout))
+    y = conv_p.bind(xc, wk, groups=groups * size, **params)
+    y = y.reshape(y.shape[:-1] + (size, cout))
+    return jnp.moveaxis(y, -2, 0), 0
+
+
+def _weight_grad_batch(args, dims, *, geometry, groups, formulation, precision):
+    (x, gy), (xd, gd) = args, dims
+    size = _mapped_size(args, dims)
+    dw = weight_grad_p.bind(_to_channels(x, xd, size), _to_channels(gy, gd, size), geometry=geometry,
+                            groups=groups * size, formulation=formulation, precision=precision)
+    dw = dw.reshape(dw.shape[:-1] + (size, dw.shape[-1] // size))
+    return jnp.moveaxis(dw, -2, 0), 0
+
+
+def _primitive(name: str, impl: Callable, abstract: Callable, lhs_rule: Callable, rhs_rule: Callable,
+               batch_rule: Callable) -> Primitive:
+    prim = Primitive(name)
+    prim.def_impl(functools.partial(dispatch.apply_primitive, prim))
+    prim.def_abstract_eval(abstract)
+    mlir.register_lowering(prim, mlir.lower_fun(_upcast(impl), multiple_results=False))
+    ad.defbilinear(prim, lhs_rule, rhs_rule)
+    batching.primitive_batchers[prim] = batch_rule
+    return prim
+
+
+conv_p = _primitive('brainconv_conv', _conv_impl, _conv_abstract, _conv_transpose_lhs, _conv_transpose_rhs,
+                    _conv_batch)
+weight_grad_p = _primitive('brainconv_conv_weight_grad', _weight_grad_impl, _weight_grad_abstract,
+                           _weight_grad_transpose_lhs, _weight_grad_transpose_rhs, _weight_grad_batch)
 
 
 def conv_core(x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, name: str,
@@ -525,10 +691,11 @@ def conv_core(x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, n
 
     ``x``: ``(N, *in_spatial, C_in)``; ``w``: ``(*kernel_size, C_in // groups,
     C_out)``; ``geometry``: non-transposed, pads applied as zeros (negative
-    crops).  Returns ``(N, *out_spatial, C_out)``.
+    crops).  Returns ``(N, *out_spatial, C_out)``.  Every formulation but
+    ``'lax'`` binds :data:`conv_p`, so it supports every JAX transform.
     """
     if name == 'lax':
         return direct(x, w, geometry, groups, precision)
-    if name not in _FORWARD:
+    if name not in FORMULATIONS:
         _args.lowering(name, allow_auto=False)
-    return _lower(x, w, geometry, groups, name, precision)
+    return conv_p.bind(x, w, geometry=geometry, groups=groups, formulation=name, precision=precision)
