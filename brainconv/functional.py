@@ -90,7 +90,7 @@ def conv_resolved(
         x = pad(x, pads, padding_mode, channel_first=channel_first)
         pads = ((0, 0),) * nd
     if name == 'lax':
-        return lax.conv_general_dilated(
+        return _lowering.lax_conv(
             x, w, window_strides=geometry.stride, padding=pads,
             lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.rhs_dilation,
             dimension_numbers=_dimension_numbers(nd, channel_first, False),
@@ -130,7 +130,7 @@ def conv_transpose_resolved(
     wrap = padding_mode == 'CIRCULAR'
     core = transpose_as_conv(g, wrap=wrap)
     if name == 'lax':
-        z = lax.conv_general_dilated(
+        z = _lowering.lax_conv(
             y, w, window_strides=core.stride, padding=core.pads,
             lhs_dilation=core.lhs_dilation, rhs_dilation=core.rhs_dilation,
             dimension_numbers=_dimension_numbers(nd, channel_first, True),

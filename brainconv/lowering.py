@@ -65,7 +65,7 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _args
+from . import _args, _interop
 from .shapes import ConvGeometry, adjoint_geometry, axis_phases, kernel_span
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core']
@@ -281,9 +281,17 @@ def _itemsize(x: jax.Array) -> int:
 # for 'lax_vjp' in 2-d)
 # --------------------------------------------------------------------------- #
 
+def lax_conv(x: jax.Array, w: jax.Array, **kwargs: Any) -> jax.Array:
+    """``lax.conv_general_dilated``, accumulating 16-bit inputs in float32 (the ``'lax'`` formulation)."""
+    dtype = x.dtype
+    if _compute_dtype(dtype) == dtype:
+        return lax.conv_general_dilated(x, w, **kwargs)
+    return lax.conv_general_dilated(x, w, preferred_element_type=jnp.float32, **kwargs).astype(dtype)
+
+
 def direct(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision: Any = None) -> jax.Array:
     """The core convolution as one ``lax.conv_general_dilated`` call (``'lax'``)."""
-    return lax.conv_general_dilated(
+    return lax_conv(
         x, w, window_strides=g.stride, padding=g.pads, lhs_dilation=g.lhs_dilation,
         rhs_dilation=g.rhs_dilation, dimension_numbers=_dimension_numbers(g.num_spatial_dims),
         feature_group_count=groups, precision=precision)
@@ -679,7 +687,7 @@ def _primitive(name: str, impl: Callable, abstract: Callable, lhs_rule: Callable
     return prim
 
 
-conv_p = _primitive('brainconv_conv', _conv_impl, _conv_abstract, _conv_transpose_lhs, _conv_transpose_rhs,
+conv_p = _primitive(_interop.CONV_PRIMITIVE, _conv_impl, _conv_abstract, _conv_transpose_lhs, _conv_transpose_rhs,
                     _conv_batch)
 weight_grad_p = _primitive('brainconv_conv_weight_grad', _weight_grad_impl, _weight_grad_abstract,
                            _weight_grad_transpose_lhs, _weight_grad_transpose_rhs, _weight_grad_batch)
@@ -698,4 +706,5 @@ def conv_core(x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, n
         return direct(x, w, geometry, groups, precision)
     if name not in FORMULATIONS:
         _args.lowering(name, allow_auto=False)
+    _interop.notice_braintrace()
     return conv_p.bind(x, w, geometry=geometry, groups=groups, formulation=name, precision=precision)

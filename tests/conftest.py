@@ -1,6 +1,13 @@
 import os
 
-import jax
+# Compile time dominates this suite (hundreds of small programs, the transform matrix above all);
+# LLVM's -O0 halves it.  XLA's HLO passes (fusion, layout) still run, so the programs tested are
+# the ones users run, compiled with less machine-code optimisation.  Set BRAINCONV_TEST_XLA_OPT=1
+# to test at XLA's default level.
+if not os.environ.get('BRAINCONV_TEST_XLA_OPT'):
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+
+import jax  # noqa: E402
 import pytest
 from hypothesis import settings
 
