@@ -145,8 +145,10 @@ def test_online_grads_match_lax(trained):
     (_, grads, losses), (_, ref_grads, ref_losses) = trained['fast'], trained['ref']
     np.testing.assert_allclose(np.asarray(losses), np.asarray(ref_losses), rtol=1e-5)
     _assert_grads_close(grads, ref_grads)
-    # The trace through brainconv's layers is live: the first layer's weight (an ETP
-    # conv whose hidden group reaches n4 through c2, c3, c4) has a non-zero gradient.
+    # The trace runs through brainconv's layers: n1 and n4 form one hidden group (its
+    # transition passes c2, c3, c4), and the ETP weight feeding it has a non-zero gradient.
+    groups = [paths for _, paths in trained['fast'][0].report.hidden_groups]
+    assert [('n1', 'V'), ('n4', 'V')] in groups, groups
     assert np.abs(np.asarray(jax.tree.leaves(grads['c1', 'weight'])[0])).max() > 1e-3
 
 
@@ -161,19 +163,20 @@ def test_brainconv_weights_are_not_traced(trained):
 
 
 def test_sgd_steps(trained, data):
-    """Two SGD steps on the default lowering: the loss stays finite and the traced weights move."""
-    learner = trained['fast'][0]
+    """Two SGD steps on the default lowering (the first with the fixture's gradients): the
+    loss stays finite and the traced weights move; brainconv's (zero gradient) do not."""
+    learner, grads, _ = trained['fast']
     xs, ys = data
     params = learner.param_states
-    before = {path: jax.tree.map(np.asarray, state.value) for path, state in params.items()}
-    for _ in range(2):
-        grads, losses = _etrace_grad(learner, xs, ys)
-        assert np.all(np.isfinite(np.asarray(losses)))
+    before = {path: jax.tree.leaves(state.value) for path, state in params.items()}
+    for step in range(2):
+        if step:
+            grads, losses = _etrace_grad(learner, xs, ys)
+            assert np.all(np.isfinite(np.asarray(losses)))
         for path, g in grads.items():
             params[path].value = jax.tree.map(lambda p, d: p - 0.5 * d, params[path].value, g)
     for path, state in params.items():
-        moved = any(np.any(np.asarray(a) != b) for a, b in zip(jax.tree.leaves(state.value),
-                                                                 jax.tree.leaves(before[path])))
+        moved = any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(jax.tree.leaves(state.value), before[path]))
         assert moved == (path in {('c1', 'weight'), ('c5', 'weight'), ('out', 'W')}), path
 
 
