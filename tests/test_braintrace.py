@@ -124,49 +124,52 @@ def _assert_grads_close(grads, ref_grads):
                                        err_msg=str(path))
 
 
-@pytest.fixture(scope='module', params=sorted(ALGORITHMS))
-def trained(request, data):
-    algorithm, options = ALGORITHMS[request.param]
-    fast, ref = _net_pair()
+TRACED = {('c1', 'weight'), ('c5', 'weight'), ('out', 'W')}  # the weights routed through ETP ops
+
+
+def _assert_lowerings(fast, ref):
     on = {name: layer.lowering for name, layer in fast.brainconv_layers().items()}
     if jax.default_backend() == 'cpu':  # 'auto' picks 'lax' off CPU: nothing to compare there
         assert 'lax' not in on.values(), on
     assert {layer.lowering for layer in ref.brainconv_layers().values()} == {'lax'}
-    xs, ys = data
-    return {'name': request.param, 'fast': _run(fast, algorithm, options(), xs, ys),
-            'ref': _run(ref, algorithm, options(), xs, ys), 'net': fast}
 
 
 def test_es_d_rtrl_is_pp_prop():
     assert braintrace.ES_D_RTRL is braintrace.pp_prop
 
 
-def test_online_grads_match_lax(trained):
-    (_, grads, losses), (_, ref_grads, ref_losses) = trained['fast'], trained['ref']
+# One test per algorithm, everything in it: pytest-xdist would build a shared fixture
+# once per worker.
+@pytest.mark.parametrize('name', sorted(ALGORITHMS))
+def test_online_learning(name, data):
+    algorithm, options = ALGORITHMS[name]
+    xs, ys = data
+    fast, ref = _net_pair()
+    _assert_lowerings(fast, ref)
+    learner, grads, losses = _run(fast, algorithm, options(), xs, ys)
+    _, ref_grads, ref_losses = _run(ref, algorithm, options(), xs, ys)
+
+    # Online gradients on the default lowering equal those on 'lax'.
     np.testing.assert_allclose(np.asarray(losses), np.asarray(ref_losses), rtol=1e-5)
     _assert_grads_close(grads, ref_grads)
+
     # The trace runs through brainconv's layers: n1 and n4 form one hidden group (its
-    # transition passes c2, c3, c4), and the ETP weight feeding it has a non-zero gradient.
-    groups = [paths for _, paths in trained['fast'][0].report.hidden_groups]
+    # transition passes c2, c3, c4; the trace's df factor is a jax.jvp through them), and
+    # the ETP weight feeding that group has a non-zero gradient.
+    groups = [paths for _, paths in learner.report.hidden_groups]
     assert [('n1', 'V'), ('n4', 'V')] in groups, groups
     assert np.abs(np.asarray(jax.tree.leaves(grads['c1', 'weight'])[0])).max() > 1e-3
 
-
-def test_brainconv_weights_are_not_traced(trained):
-    learner, grads, _ = trained['fast']
-    traced = {path for path, _ in learner.report.etrace_weights}
+    # brainconv weights are plain (non-ETP) parameters: no trace, and here, where every
+    # path from them to the loss passes a hidden state, a zero online gradient.
+    assert {path for path, _ in learner.report.etrace_weights} == TRACED
     plain = {path for path, _ in learner.report.excluded_weights}
-    assert traced == {('c1', 'weight'), ('c5', 'weight'), ('out', 'W')}
-    assert plain == {(name, 'weight') for name in trained['net'].brainconv_layers()}
-    for path in plain:  # every path from these weights to the loss passes a hidden state
+    assert plain == {(layer, 'weight') for layer in fast.brainconv_layers()}
+    for path in plain:
         assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads[path])), path
 
-
-def test_sgd_steps(trained, data):
-    """Two SGD steps on the default lowering (the first with the fixture's gradients): the
-    loss stays finite and the traced weights move; brainconv's (zero gradient) do not."""
-    learner, grads, _ = trained['fast']
-    xs, ys = data
+    # Two SGD steps (the first with the gradients above): the loss stays finite, the
+    # traced weights move, brainconv's do not.
     params = learner.param_states
     before = {path: jax.tree.leaves(state.value) for path, state in params.items()}
     for step in range(2):
@@ -177,7 +180,7 @@ def test_sgd_steps(trained, data):
             params[path].value = jax.tree.map(lambda p, d: p - 0.5 * d, params[path].value, g)
     for path, state in params.items():
         moved = any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(jax.tree.leaves(state.value), before[path]))
-        assert moved == (path in {('c1', 'weight'), ('c5', 'weight'), ('out', 'W')}), path
+        assert moved == (path in TRACED), path
 
 
 def test_diagonal_scope_with_brainconv_primitive_registered(data, monkeypatch):
@@ -189,6 +192,7 @@ def test_diagonal_scope_with_brainconv_primitive_registered(data, monkeypatch):
                         _bt_hidden_group._RECURRENT_WEIGHT_MIXING_PRIMITIVES | {_lowering.conv_p.name})
     xs, ys = data
     fast, ref = _net_pair()
+    _assert_lowerings(fast, ref)
     learner, grads, losses = _run(fast, braintrace.D_RTRL, {}, xs, ys)
     ref_learner, ref_grads, ref_losses = _run(ref, braintrace.D_RTRL, {}, xs, ys)
     groups = [paths for _, paths in learner.report.hidden_groups]
@@ -196,3 +200,45 @@ def test_diagonal_scope_with_brainconv_primitive_registered(data, monkeypatch):
     assert all(len(paths) == 1 for paths in groups), groups  # one group per layer
     np.testing.assert_allclose(np.asarray(losses), np.asarray(ref_losses), rtol=1e-5)
     _assert_grads_close(grads, ref_grads)
+
+
+class _TracedConv2d(brainconv.Conv2d):
+    """A brainconv Conv2d (shapes, pads, initialisation) whose convolution is braintrace's
+    ETP ``conv``, so braintrace keeps an eligibility trace for its kernel (ZEROS padding,
+    channels-last only; the bias, if any, stays a plain parameter)."""
+
+    def _op(self, x, w):
+        g = self.spec.geometry
+        return braintrace.conv(x, w, strides=g.stride, padding=g.pads, lhs_dilation=g.lhs_dilation,
+                               rhs_dilation=g.rhs_dilation, feature_group_count=self.groups,
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class _OneLayer(brainstate.nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.c1 = conv
+        self.n1 = _lif((4, 4, 4), 4.)
+        self.out = braintrace.nn.LeakyRateReadout(64, CLASSES, tau=5.)
+
+    def update(self, x):
+        s = self.n1(self.c1(x))
+        return self.out(jnp.reshape(s, (s.shape[0], -1)))
+
+
+def test_brainconv_layer_routed_through_etp_conv(data):
+    """A brainconv layer whose ``_op`` calls ``braintrace.conv`` is traced like
+    ``braintrace.nn.Conv2d``: same trace, same online gradients."""
+    xs, ys = data
+    ours = _OneLayer(_TracedConv2d((8, 8, 2), 4, kernel_size=3, stride=2))
+    assert ours.c1.pads == ((0, 1), (0, 1))  # SAME at stride 2 on 8: (0, 1), written out for braintrace below
+    theirs = _OneLayer(braintrace.nn.Conv2d((8, 8, 2), 4, kernel_size=3, stride=2, padding=((0, 1), (0, 1))))
+    their_params = theirs.states(brainstate.ParamState)
+    for path, state in ours.states(brainstate.ParamState).items():
+        their_params[path].value = state.value
+    learner, grads, losses = _run(ours, braintrace.D_RTRL, {}, xs, ys)
+    _, ref_grads, ref_losses = _run(theirs, braintrace.D_RTRL, {}, xs, ys)
+    assert {path for path, _ in learner.report.etrace_weights} == {('c1', 'weight'), ('out', 'W')}
+    np.testing.assert_allclose(np.asarray(losses), np.asarray(ref_losses), rtol=1e-5)
+    _assert_grads_close(grads, ref_grads)
+    assert np.abs(np.asarray(jax.tree.leaves(grads['c1', 'weight'])[0])).max() > 1e-3
