@@ -70,13 +70,16 @@ class _Net(brainstate.nn.Module):
         return self.out(jnp.reshape(s, (s.shape[0], -1)))
 
 
-# recurrence_scope='coupled': braintrace traces hidden-to-hidden paths through every
-# convolution alike (its default 'diagonal' scope cuts them only at the primitives it
-# knows by name; see test_diagonal_scope_with_brainconv_primitive_registered).
+# braintrace's default configuration (its 'diagonal' recurrence scope cuts hidden-to-hidden
+# transitions at the primitives it knows by name; brainconv registers its own convolution
+# primitive there when it is first traced, see brainconv/_interop.py).
+# 'coupled' scope: hidden-to-hidden paths are traced through every convolution, so the
+# trace's df factor is a jax.jvp through c2, c3 and c4 (n1 and n4 form one hidden group).
 ALGORITHMS = {
-    'D_RTRL': (braintrace.D_RTRL, lambda: {'config': braintrace.ETraceConfig(recurrence_scope='coupled')}),
+    'D_RTRL': (braintrace.D_RTRL, lambda: {}),
+    'D_RTRL-coupled': (braintrace.D_RTRL, lambda: {'config': braintrace.ETraceConfig(recurrence_scope='coupled')}),
     'pp_prop': (braintrace.pp_prop, lambda: {'decay_or_rank': 0.9, 'config': braintrace.ETraceConfig(
-        trace_factorization='io_factorized', decay=0.9, recurrence_scope='coupled')}),
+        trace_factorization='io_factorized', decay=0.9)}),
 }
 
 
@@ -96,6 +99,7 @@ def _dt():
 
 def _net_pair():
     """The network on the default lowering and a copy on 'lax' with the same weights."""
+    brainstate.random.seed(0)
     fast, ref = _Net(None), _Net('lax')
     ref_params = ref.states(brainstate.ParamState)
     for path, state in fast.states(brainstate.ParamState).items():
@@ -147,17 +151,21 @@ def test_online_learning(name, data):
     fast, ref = _net_pair()
     _assert_lowerings(fast, ref)
     learner, grads, losses = _run(fast, algorithm, options(), xs, ys)
-    _, ref_grads, ref_losses = _run(ref, algorithm, options(), xs, ys)
+    ref_learner, ref_grads, ref_losses = _run(ref, algorithm, options(), xs, ys)
 
     # Online gradients on the default lowering equal those on 'lax'.
     np.testing.assert_allclose(np.asarray(losses), np.asarray(ref_losses), rtol=1e-5)
     _assert_grads_close(grads, ref_grads)
 
-    # The trace runs through brainconv's layers: n1 and n4 form one hidden group (its
-    # transition passes c2, c3, c4; the trace's df factor is a jax.jvp through them), and
-    # the ETP weight feeding that group has a non-zero gradient.
+    # The same hidden groups as on 'lax' (brainconv's primitive is registered with braintrace);
+    # under the coupled scope n1 and n4 form one group, its transition a jax.jvp through c2-c4.
+    assert _lowering.conv_p.name in _bt_hidden_group._RECURRENT_WEIGHT_MIXING_PRIMITIVES
     groups = [paths for _, paths in learner.report.hidden_groups]
-    assert [('n1', 'V'), ('n4', 'V')] in groups, groups
+    assert groups == [paths for _, paths in ref_learner.report.hidden_groups]
+    if name.endswith('coupled'):
+        assert [('n1', 'V'), ('n4', 'V')] in groups, groups
+    else:
+        assert all(len(paths) == 1 for paths in groups), groups  # one group per spiking layer
     assert np.abs(np.asarray(jax.tree.leaves(grads['c1', 'weight'])[0])).max() > 1e-3
 
     # brainconv weights are plain (non-ETP) parameters: no trace, and here, where every
@@ -181,25 +189,6 @@ def test_online_learning(name, data):
     for path, state in params.items():
         moved = any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(jax.tree.leaves(state.value), before[path]))
         assert moved == (path in TRACED), path
-
-
-def test_diagonal_scope_with_brainconv_primitive_registered(data, monkeypatch):
-    """braintrace's default 'diagonal' scope cuts the hidden-to-hidden transition at the
-    convolution and matmul primitives it knows by name; brainconv's own primitive (every
-    lowering but 'lax') is not among them, so without this registration the default and
-    'lax' networks get different hidden groups (and gradients).  Registered, they agree."""
-    monkeypatch.setattr(_bt_hidden_group, '_RECURRENT_WEIGHT_MIXING_PRIMITIVES',
-                        _bt_hidden_group._RECURRENT_WEIGHT_MIXING_PRIMITIVES | {_lowering.conv_p.name})
-    xs, ys = data
-    fast, ref = _net_pair()
-    _assert_lowerings(fast, ref)
-    learner, grads, losses = _run(fast, braintrace.D_RTRL, {}, xs, ys)
-    ref_learner, ref_grads, ref_losses = _run(ref, braintrace.D_RTRL, {}, xs, ys)
-    groups = [paths for _, paths in learner.report.hidden_groups]
-    assert groups == [paths for _, paths in ref_learner.report.hidden_groups]
-    assert all(len(paths) == 1 for paths in groups), groups  # one group per layer
-    np.testing.assert_allclose(np.asarray(losses), np.asarray(ref_losses), rtol=1e-5)
-    _assert_grads_close(grads, ref_grads)
 
 
 class _TracedConv2d(brainconv.Conv2d):
