@@ -333,6 +333,12 @@ class Conv(_ConvBase):
         return functional.conv_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
                                         self.channel_first, self.precision, self._lowering)
 
+    def streaming(self, name: str | None = None) -> Any:
+        """This convolution stepped through time, one frame per call, sharing these weights
+        (:class:`brainconv.StreamingConv`; the first spatial axis is time and must be causal)."""
+        from .streaming import StreamingConv  # streaming builds on this module
+        return StreamingConv(self, name=name)
+
     def transpose(self) -> ConvTranspose:
         """The ConvTranspose that computes exactly the adjoint of this layer's linear part.
 
