@@ -17,6 +17,7 @@ from typing import Any, Sequence, Tuple, Union
 
 import brainstate
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import _args, _units, functional
@@ -26,6 +27,11 @@ from .shapes import conv_geometry, kernel_span
 __all__ = ['StreamingConv']
 
 BatchSize = Union[int, Sequence[int], None]
+
+try:  # the tag brainstate's Delay gives its write pointer: vmap_init_all_states leaves it unbatched
+    from brainstate.transform._mapping2 import INIT_NO_BATCHING as _NO_BATCHING
+except ImportError:  # pragma: no cover
+    _NO_BATCHING = 'INIT_NO_BATCHING'
 
 
 def _drop(size: Tuple[int, ...], axis: int) -> Tuple[int, ...]:
@@ -103,6 +109,9 @@ class StreamingConv(brainstate.nn.Module):
         window = conv_geometry((self.span,) + g.in_spatial[1:], g.kernel_size, g.stride,
                                ((0, 0),) + g.pads[1:], g.lhs_dilation, g.rhs_dilation)
         self.window_spec = dataclasses.replace(spec, in_size=window_in, padding=window.pads, geometry=window)
+        # What each step runs: the time taps folded into the channels, a convolution over the other axes.
+        self._rest = conv_geometry(g.in_spatial[1:], g.kernel_size[1:], g.stride[1:], g.pads[1:],
+                                   g.lhs_dilation[1:], g.rhs_dilation[1:]) if len(g.in_spatial) > 1 else None
         self._unit = None
 
     num_spatial_dims = property(lambda self: self.conv.num_spatial_dims)
@@ -121,7 +130,7 @@ class StreamingConv(brainstate.nn.Module):
         return (_args.positive_int(batch_size, 'batch_size'),)
 
     def init_state(self, batch_size: BatchSize = None, unit: Any = None, dtype: Any = None, **kwargs) -> None:
-        """Create ``buffer``: zeros of shape ``(*batch, *state_size)``.
+        """Create ``buffer`` (zeros of shape ``(*batch, *state_size)``) and ``position`` (0).
 
         ``batch_size`` is None (no batch axis), an int, or a tuple of ints
         (several batch axes).  ``unit`` (a brainunit Unit) is the unit of the
@@ -132,12 +141,15 @@ class StreamingConv(brainstate.nn.Module):
         self._unit = _units.unit_arg(unit, 'unit')
         dtype = brainstate.environ.dftype() if dtype is None else dtype
         self.buffer = brainstate.HiddenState(_units.attach(jnp.zeros(batch + self.state_size, dtype), self._unit))
+        # Like brainstate's Delay: one write position for the whole batch, never vmapped.
+        self.position = brainstate.ShortTermState(jnp.zeros((), jnp.int32), tag=_NO_BATCHING)
 
     def reset_state(self, batch_size: BatchSize = None, **kwargs) -> None:
-        """Zero ``buffer``; with ``batch_size`` given, reshape it for that batch too."""
+        """Zero ``buffer`` and ``position``; with ``batch_size`` given, reshape the buffer for it too."""
         value, _ = _units.split(self._buffer_state().value)
         shape = value.shape if batch_size is None else self._batch_shape(batch_size) + self.state_size
         self.buffer.value = _units.attach(jnp.zeros(shape, value.dtype), self._unit)
+        self.position.value = jnp.zeros_like(self.position.value)
 
     def _buffer_state(self) -> brainstate.HiddenState:
         state = getattr(self, 'buffer', None)
@@ -157,23 +169,65 @@ class StreamingConv(brainstate.nn.Module):
         if tuple(jnp.shape(xm)[:nb]) != batch:
             raise ValueError(f"{name}: the input's batch shape {tuple(jnp.shape(xm)[:nb])} differs from the "
                              f"state's {batch}; call init_state(batch_size={_batch_hint(xm, nb)})")
-        t = self.time_axis - len(self.state_size)  # the time axis, counted from the end
-        window = jnp.concatenate([buf, jnp.expand_dims(jnp.asarray(xm, buf.dtype), t)], axis=t)
-        state.value = _units.attach(lax.slice_in_dim(window, 1, self.span, axis=window.ndim + t), self._unit)
+        xm = jnp.asarray(xm, buf.dtype)
+        axis = buf.ndim - len(self.state_size) + self.time_axis
+        taps = self._taps(buf, xm, axis)  # (*batch, *in_size with k frames on the time axis)
 
         params = conv.weight.value
         w, w_unit = conv._kernel_mantissa(params)
         out_unit = _units.product(self._unit, w_unit)
-        bias = _units.bias_mantissa(params['bias'], out_unit, name) if 'bias' in params else None
-        spec = self.window_spec
+        y = functional._with_batch(lambda b: self._step(b, w), taps, len(self.state_size))
+        if 'bias' in params:
+            bias = jnp.reshape(_units.bias_mantissa(params['bias'], out_unit, name), (-1,))  # one per channel
+            after = len(self.out_size) - 1 if conv.channel_first else 0  # frame axes after the channel axis
+            y = y + jnp.reshape(bias, (1,) * (y.ndim - 1 - after) + (-1,) + (1,) * after)
+        return _units.attach(y, out_unit)
 
-        def run(batched):
-            y = functional.conv_resolved(batched, w, spec.geometry, spec.groups, spec.padding_mode,
-                                         spec.channel_first, conv.precision, conv._lowering)
-            return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - jnp.ndim(bias)) + jnp.shape(bias))
+    def _taps(self, buf: Any, x: Any, axis: int) -> Any:
+        """The k input frames the kernel's time taps read; writes ``x`` into the ring buffer.
 
-        y = functional._with_batch(run, window, len(self.state_size))
-        return _units.attach(jnp.squeeze(y, axis=t), out_unit)
+        Frame ``t`` lives in slot ``t % (span - 1)``; tap ``i`` reads frame
+        ``t - (k - 1 - i) * rhs_dilation``, which is ``x`` for the last tap.
+        Slots not written since the reset hold CAUSAL's zero pads.
+        """
+        frame = jnp.expand_dims(x, axis)
+        length = self.span - 1
+        if length == 0:
+            return frame
+        k, d = self.conv.kernel_size[0], self.conv.rhs_dilation[0]
+        pos = self.position.value
+        back = jnp.asarray(d * np.arange(k - 1, 0, -1), jnp.int32)
+        old = jnp.take(buf, (pos - back) % length, axis=axis)
+        self.buffer.value = _units.attach(lax.dynamic_update_index_in_dim(buf, x, pos, axis), self._unit)
+        self.position.value = (pos + 1) % length
+        return jnp.concatenate([old, frame], axis=axis)
+
+    def _step(self, taps: Any, w: Any) -> Any:
+        """The convolution's output at one time step from its k time taps (one batch axis).
+
+        The taps are folded into the channels, group by group, leaving a
+        convolution over the other spatial axes (run by the convolution's own
+        functional op and lowering) or, in 1-d, one grouped matrix product.
+        """
+        conv, spec = self.conv, self.conv.spec
+        k, groups = spec.geometry.kernel_size[0], spec.groups
+        if spec.channel_first:
+            taps = jnp.moveaxis(taps, 1, -1)
+        taps, w = functional._common_dtype(taps, w)
+        n, other, cin_g = taps.shape[0], taps.shape[2:-1], spec.in_channels // groups
+        xf = taps.reshape((n, k) + other + (groups, cin_g))
+        xf = jnp.moveaxis(xf, 1, -2).reshape((n,) + other + (groups * k * cin_g,))
+        wf = jnp.moveaxis(w, 0, -3)
+        wf = wf.reshape(wf.shape[:-3] + (k * cin_g, spec.out_channels))
+        if not other:  # 1-d: (n, g, k * cin_g) times (g, k * cin_g, cout // g)
+            low = jnp.dtype(xf.dtype).itemsize < 4
+            y = jnp.einsum('ngi,gio->ngo', xf.reshape(n, groups, k * cin_g),
+                           jnp.moveaxis(wf.reshape(k * cin_g, groups, -1), 1, 0), precision=conv.precision,
+                           preferred_element_type=jnp.float32 if low else None)
+            return y.reshape(n, spec.out_channels).astype(xf.dtype)
+        y = functional.conv_resolved(xf, wf, self._rest, groups, spec.padding_mode, False, conv.precision,
+                                     conv._lowering)
+        return jnp.moveaxis(y, -1, 1) if spec.channel_first else y
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.conv).__name__}, frame {self.in_size} -> {self.out_size}, "
