@@ -11,10 +11,12 @@ at the start of each run), both under ``brainstate.transform.jit``.  Before timi
 are checked against the full convolution.  With ``--variants``, formulations of the step that are not
 the layer's are timed too (as ``jax.lax.scan`` loops, checked the same way):
 
-  ``ring``  a ring buffer of span frames written by ``dynamic_update_slice``; the k taps gathered by
-            index, then a convolution of the k-frame window without time dilation
-  ``dot``   (1-d only) the k taps of the concatenated window flattened and multiplied by the kernel in
-            one ``dot``
+  ``window``     the span-frame window shifted by concatenation each step and convolved (VALID,
+                 dilated in time) by the convolution's functional op: the first formulation
+  ``ring-conv``  the layer's ring buffer, its k taps convolved by the functional op (not folded)
+  ``shift-dot``  (1-d) the window shifted by concatenation, its k taps multiplied by the kernel in one dot
+
+``stepped`` is the layer in ``for_loop``; ``unroll8`` the same with ``for_loop(..., unroll=8)``.
 
 Timing interleaves the implementations in rounds; reported are compile times (first call, including
 tracing) and medians over the rounds, and the median of per-round ratios stepped / full.  Not a test:
@@ -71,55 +73,71 @@ def build(cfg):
 def layer_impls(conv, x):
     step = conv.streaming()
     step.init_state(batch_size=x.shape[0])
-    full = brainstate.transform.jit(lambda x: conv(x))
 
-    def stepped(xs):
+    def stepped(xs, unroll=1):
         step.reset_state()
-        return brainstate.transform.for_loop(step, xs)
+        return brainstate.transform.for_loop(step, xs, unroll=unroll)
 
-    return {'full': (brainstate.transform.jit(lambda x: full(x)), x),
-            'stepped': (brainstate.transform.jit(stepped), jnp.moveaxis(x, 1, 0))}
+    xs = jnp.moveaxis(x, 1, 0)
+    return {'full': (brainstate.transform.jit(lambda x: conv(x)), x),
+            'stepped': (brainstate.transform.jit(stepped), xs),
+            'unroll8': (brainstate.transform.jit(lambda xs: stepped(xs, 8)), xs)}
 
 
 def variant_impls(conv, x):
-    """Alternative formulations of the step, as lax.scan loops over (T, batch, *frame)."""
+    """Other formulations of the step, as lax.scan loops over (T, batch, *frame)."""
     step = conv.streaming()
-    g = step.window_spec.geometry
+    spec = step.window_spec
+    g = spec.geometry
     k, d, span = g.kernel_size[0], g.rhs_dilation[0], step.span
     w, _ = conv._kernel_mantissa(conv.weight.value)
     xs = jnp.moveaxis(x, 1, 0)
     batch = x.shape[:1]
     impls = {}
-    # ring: span slots, the k taps gathered by index, a k-frame window without time dilation.
+
+    def window(w, xs):
+        """The first formulation: the span-frame window shifted by concatenation, then convolved
+        (VALID, dilated in time) by the convolution's functional op."""
+        def body(buf, xt):
+            win = jnp.concatenate([buf, xt[:, None]], axis=1)
+            y = functional.conv_resolved(win, w, g, spec.groups, spec.padding_mode, False, None, conv._lowering)
+            return win[:, 1:], y[:, 0]
+
+        return lax.scan(body, jnp.zeros(batch + (span - 1,) + xs.shape[2:], xs.dtype), xs)[1]
+
+    impls['window'] = (jax.jit(window), (w, xs))
     window_k = brainconv.shapes.conv_geometry((k,) + g.in_spatial[1:], g.kernel_size, g.stride,
                                               g.pads, g.lhs_dilation, (1,) + g.rhs_dilation[1:])
 
-    def ring(w, xs):
+    def ring_conv(w, xs):
+        """The layer's ring buffer, the k taps convolved by the functional op without folding them."""
         def body(carry, xt):
             buf, pos = carry
+            back = jnp.asarray(d * np.arange(k - 1, 0, -1), jnp.int32)
+            old = jnp.take(buf, (pos - back) % (span - 1), axis=1, mode='clip')
+            win = jnp.concatenate([old, xt[:, None]], axis=1)
             buf = lax.dynamic_update_index_in_dim(buf, xt, pos, axis=1)
-            idx = (pos - d * jnp.arange(k - 1, -1, -1, dtype=jnp.int32)) % span
-            win = jnp.take(buf, idx, axis=1)
-            y = functional.conv_resolved(win, w, window_k, 1, 'ZEROS', False, None, conv._lowering)
-            return (buf, (pos + 1) % span), y[:, 0]
+            y = functional.conv_resolved(win, w, window_k, spec.groups, spec.padding_mode, False, None,
+                                         conv._lowering)
+            return (buf, (pos + 1) % (span - 1)), y[:, 0]
 
-        buf0 = jnp.zeros(batch + (span,) + xs.shape[2:], xs.dtype)
+        buf0 = jnp.zeros(batch + (span - 1,) + xs.shape[2:], xs.dtype)
         return lax.scan(body, (buf0, jnp.int32(0)), xs)[1]
 
-    impls['ring'] = (jax.jit(ring), (w, xs))
+    impls['ring-conv'] = (jax.jit(ring_conv), (w, xs))
     if g.num_spatial_dims == 1:
         wflat = w.reshape(-1, w.shape[-1])
 
-        def dot(wflat, xs):
+        def shift_dot(wflat, xs):
+            """The span-frame window shifted by concatenation, its k taps in one dot."""
             def body(buf, xt):
                 win = jnp.concatenate([buf, xt[:, None]], axis=1)
-                taps = win[:, ::d]  # k frames
+                taps = win[:, ::d]
                 return win[:, 1:], taps.reshape(taps.shape[0], -1) @ wflat
 
-            buf0 = jnp.zeros(batch + (span - 1,) + xs.shape[2:], xs.dtype)
-            return lax.scan(body, buf0, xs)[1]
+            return lax.scan(body, jnp.zeros(batch + (span - 1,) + xs.shape[2:], xs.dtype), xs)[1]
 
-        impls['dot'] = (jax.jit(dot), (wflat, xs))
+        impls['shift-dot'] = (jax.jit(shift_dot), (wflat, xs))
     return impls
 
 
@@ -164,12 +182,11 @@ def main(argv=None):
             impls.update(variant_impls(conv, x))
         compile_s, times = measure(impls, args.rounds, reference)
         full = times['full']
-        print(f'\n{key}: {cfg["title"]}  (lowering {conv.lowering}, step window lowering '
-              f'{conv.streaming().window_spec and brainconv.lowering.resolve(conv._lowering, conv.streaming().window_spec.geometry, 1, conv.in_channels, conv.out_channels)})')
-        print(f'  {"impl":8s} {"compile s":>10s} {"median ms":>10s} {"ratio to full":>14s}')
+        print(f'\n{key}: {cfg["title"]}  (full convolution lowering: {conv.lowering})')
+        print(f'  {"impl":10s} {"compile s":>10s} {"median ms":>10s} {"ratio to full":>14s}')
         for name in impls:
             ratio = statistics.median(t / f for t, f in zip(times[name], full))
-            print(f'  {name:8s} {compile_s[name]:10.2f} {1e3 * statistics.median(times[name]):10.2f} {ratio:14.2f}')
+            print(f'  {name:10s} {compile_s[name]:10.2f} {1e3 * statistics.median(times[name]):10.2f} {ratio:14.2f}')
 
 
 if __name__ == '__main__':

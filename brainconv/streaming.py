@@ -197,7 +197,7 @@ class StreamingConv(brainstate.nn.Module):
         k, d = self.conv.kernel_size[0], self.conv.rhs_dilation[0]
         pos = self.position.value
         back = jnp.asarray(d * np.arange(k - 1, 0, -1), jnp.int32)
-        old = jnp.take(buf, (pos - back) % length, axis=axis)
+        old = jnp.take(buf, (pos - back) % length, axis=axis, mode='clip')  # indices are in range
         self.buffer.value = _units.attach(lax.dynamic_update_index_in_dim(buf, x, pos, axis), self._unit)
         self.position.value = (pos + 1) % length
         return jnp.concatenate([old, frame], axis=axis)
@@ -219,11 +219,14 @@ class StreamingConv(brainstate.nn.Module):
         xf = jnp.moveaxis(xf, 1, -2).reshape((n,) + other + (groups * k * cin_g,))
         wf = jnp.moveaxis(w, 0, -3)
         wf = wf.reshape(wf.shape[:-3] + (k * cin_g, spec.out_channels))
-        if not other:  # 1-d: (n, g, k * cin_g) times (g, k * cin_g, cout // g)
-            low = jnp.dtype(xf.dtype).itemsize < 4
-            y = jnp.einsum('ngi,gio->ngo', xf.reshape(n, groups, k * cin_g),
-                           jnp.moveaxis(wf.reshape(k * cin_g, groups, -1), 1, 0), precision=conv.precision,
-                           preferred_element_type=jnp.float32 if low else None)
+        if not other:  # 1-d: (n, g, k * cin_g) times (g, k * cin_g, cout // g), one matmul when g == 1
+            acc = jnp.float32 if jnp.dtype(xf.dtype).itemsize < 4 else None
+            if groups == 1:
+                y = jnp.matmul(xf, wf, precision=conv.precision, preferred_element_type=acc)
+            else:
+                y = jnp.einsum('ngi,gio->ngo', xf.reshape(n, groups, k * cin_g),
+                               jnp.moveaxis(wf.reshape(k * cin_g, groups, -1), 1, 0), precision=conv.precision,
+                               preferred_element_type=acc)
             return y.reshape(n, spec.out_channels).astype(xf.dtype)
         y = functional.conv_resolved(xf, wf, self._rest, groups, spec.padding_mode, False, conv.precision,
                                      conv._lowering)
