@@ -1,11 +1,12 @@
 """Streaming convolution: a :class:`~brainconv.Conv` stepped through time, one frame per call.
 
 The first spatial axis of the convolution is time.  :class:`StreamingConv`
-keeps the last ``span - 1 = (k - 1) * rhs_dilation`` input frames in a
-``brainstate.HiddenState`` and, at each ``update``, convolves the window of
-those frames and the new one, a VALID convolution on the time axis whose
-output has length 1, with the convolution's own kernel, bias, padding on the
-other axes and lowering.  Stepping through T frames reproduces the causal
+keeps the last ``span = (k - 1) * rhs_dilation + 1`` input frames (the newest
+included) in a ring buffer, a ``brainstate.HiddenState``, and at each
+``update`` computes the convolution's output for the newest frame from the k
+frames its time taps read: the taps are folded into the channels, leaving a
+convolution over the other spatial axes (the convolution's own functional op,
+padding and lowering; one matrix product in 1-d).  Stepping through T frames reproduces the causal
 convolution of the whole (T, ...) sequence, so the layer can sit inside a
 ``brainstate.transform.for_loop`` beside neuron models.
 """
@@ -50,10 +51,13 @@ class StreamingConv(brainstate.nn.Module):
     The layer holds the convolution itself (``self.conv``), so both share one
     ``ParamState``: training one trains the other, and their state dicts are
     interchangeable.  ``init_state(batch_size)`` creates ``buffer``, a
-    ``brainstate.HiddenState`` of zeros (CAUSAL's zero pads) holding the last
-    ``span - 1`` input frames, shaped ``(*batch, *state_size)``;
-    ``reset_state`` zeroes it.  Each ``update(x)`` takes one frame of shape
-    ``(*batch, *in_size)`` (the convolution's ``in_size`` without the time axis)
+    ``brainstate.HiddenState`` of zeros (CAUSAL's zero pads), a ring buffer
+    holding the last ``span`` input frames (frame ``t`` in slot ``t % span`` of
+    the time axis), shaped ``(*batch, *state_size)``, and ``position``, a
+    ``brainstate.ShortTermState`` with the slot of the next frame (one for the
+    whole batch, as in brainstate's ``Delay``); ``reset_state`` zeroes both.
+    Each ``update(x)`` takes one frame of shape ``(*batch, *in_size)`` (the
+    convolution's ``in_size`` without the time axis)
     and returns one frame ``(*batch, *out_size)``.  After ``init_state``,
     stacking the outputs of T updates gives exactly the convolution's output on
     the T frames stacked along the time axis.
@@ -68,8 +72,9 @@ class StreamingConv(brainstate.nn.Module):
     (step the stride-1 layer and keep every s-th output: the outputs at steps
     0, s, 2s, ... are exactly the strided ones), lhs dilation on the time axis,
     non-causal time padding, and a padding mode other than 'ZEROS' when the time
-    axis is padded (REFLECT and CIRCULAR would read frames that have not
-    arrived).
+    axis is padded (the state starts as CAUSAL's zero pads; REFLECT or CIRCULAR
+    pads would be frames that have not arrived yet).  With a time kernel of 1
+    there is no time padding and any mode works.
 
     Parameters
     ----------
@@ -83,7 +88,7 @@ class StreamingConv(brainstate.nn.Module):
     >>> conv = brainconv.Conv1d((100, 4), 8, kernel_size=3, rhs_dilation=2, padding='CAUSAL')
     >>> step = conv.streaming()
     >>> step.in_size, step.out_size, step.state_size
-    ((4,), (8,), (4, 4))
+    ((4,), (8,), (5, 4))
     >>> step.init_state(batch_size=2)
     >>> step(jnp.ones((2, 4))).shape
     (2, 8)
@@ -103,7 +108,7 @@ class StreamingConv(brainstate.nn.Module):
         self.time_axis = t
         self.in_size = _drop(spec.in_size, t)
         self.out_size = _drop(spec.out_size, t)
-        self.state_size = spec.in_size[:t] + (self.span - 1,) + spec.in_size[t + 1:]
+        self.state_size = spec.in_size[:t] + (self.span,) + spec.in_size[t + 1:]
         # The window: span frames, VALID on time (one output position), the rest as the convolution.
         window_in = spec.in_size[:t] + (self.span,) + spec.in_size[t + 1:]
         window = conv_geometry((self.span,) + g.in_spatial[1:], g.kernel_size, g.stride,
@@ -184,23 +189,22 @@ class StreamingConv(brainstate.nn.Module):
         return _units.attach(y, out_unit)
 
     def _taps(self, buf: Any, x: Any, axis: int) -> Any:
-        """The k input frames the kernel's time taps read; writes ``x`` into the ring buffer.
+        """Write ``x`` into the ring buffer; return the k frames the kernel's time taps read.
 
-        Frame ``t`` lives in slot ``t % (span - 1)``; tap ``i`` reads frame
-        ``t - (k - 1 - i) * rhs_dilation``, which is ``x`` for the last tap.
-        Slots not written since the reset hold CAUSAL's zero pads.
+        Frame ``t`` goes to slot ``t % span``; tap ``i`` then reads frame
+        ``t - (k - 1 - i) * rhs_dilation``.  Slots not written since the reset
+        hold CAUSAL's zero pads.  The taps are gathered from the buffer after
+        the write, so the write can happen in place.
         """
-        frame = jnp.expand_dims(x, axis)
-        length = self.span - 1
-        if length == 0:
-            return frame
+        if self.span == 1:
+            return jnp.expand_dims(x, axis)
         k, d = self.conv.kernel_size[0], self.conv.rhs_dilation[0]
         pos = self.position.value
-        back = jnp.asarray(d * np.arange(k - 1, 0, -1), jnp.int32)
-        old = jnp.take(buf, (pos - back) % length, axis=axis, mode='clip')  # indices are in range
-        self.buffer.value = _units.attach(lax.dynamic_update_index_in_dim(buf, x, pos, axis), self._unit)
-        self.position.value = (pos + 1) % length
-        return jnp.concatenate([old, frame], axis=axis)
+        buf = lax.dynamic_update_index_in_dim(buf, x, pos, axis)
+        self.buffer.value = _units.attach(buf, self._unit)
+        self.position.value = (pos + 1) % self.span
+        back = jnp.asarray(d * np.arange(k - 1, -1, -1), jnp.int32)
+        return jnp.take(buf, (pos - back) % self.span, axis=axis, mode='clip')  # indices are in range
 
     def _step(self, taps: Any, w: Any) -> Any:
         """The convolution's output at one time step from its k time taps (one batch axis).

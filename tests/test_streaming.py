@@ -93,7 +93,7 @@ def test_stepping_equals_full_sequence_and_oracle(name):
     assert step.in_size == conv.in_size[:t] + conv.in_size[t + 1:]
     assert step.out_size == conv.out_size[:t] + conv.out_size[t + 1:]
     assert step.buffer.value.shape == c['batch'] + step.state_size
-    assert step.state_size[t] == (c['kernel'][0] - 1) * c['rhs'][0]
+    assert step.state_size[t] == (c['kernel'][0] - 1) * c['rhs'][0] + 1  # span frames, the newest included
     x = _input(c)
     y = _run_stream(step, x, nb)
     assert y.shape == c['batch'] + conv.out_size
@@ -101,14 +101,26 @@ def test_stepping_equals_full_sequence_and_oracle(name):
     np.testing.assert_allclose(y, conv(jnp.asarray(x)), **TOL)
 
 
+@pytest.mark.parametrize('name', ['conv2d-grouped-strided-masked-two-batch-axes', 'conv4d'])
 @pytest.mark.parametrize('lowering', brainconv.LOWERINGS)
-def test_every_lowering(lowering):
-    c = CONFIGS['conv2d-grouped-strided-masked-two-batch-axes']
+def test_every_lowering(lowering, name):
+    c = CONFIGS[name]
     conv = _build(c, lowering=lowering)
     step = conv.streaming()
     step.init_state(batch_size=c['batch'])
     x = _input(c)
-    np.testing.assert_allclose(_run_stream(step, x, 2), _oracle(c, conv, x), **TOL)
+    np.testing.assert_allclose(_run_stream(step, x, len(c['batch'])), _oracle(c, conv, x), **TOL)
+
+
+def test_time_stride_is_every_sth_step():
+    # What the refusal message promises: a stride-s causal convolution's outputs are the stride-1
+    # layer's outputs at steps 0, s, 2s, ... (same kernel).
+    strided = brainconv.Conv1d((9, 2), 3, 3, stride=2, padding='CAUSAL', w_init=cheap_init(0))
+    plain = brainconv.Conv1d((9, 2), 3, 3, padding='CAUSAL', w_init=cheap_init(0))
+    step = plain.streaming()
+    step.init_state(batch_size=1)
+    x = np.random.default_rng(3).standard_normal((1, 9, 2)).astype(np.float32)
+    np.testing.assert_allclose(_run_stream(step, x, 1)[:, ::2], strided(jnp.asarray(x)), **TOL)
 
 
 def test_scaled_ws_conv_and_reset():
@@ -239,9 +251,9 @@ def test_summary_row():
     (row,) = s.rows
     d = row.to_dict()
     assert d['in_size'] == (3,) and d['out_size'] == (4,) and d['params'] == 36
-    assert d['state'] == 4 * 3  # (k - 1) * d = 4 frames of 3 channels
+    assert d['state'] == 5 * 3  # (k - 1) * d + 1 = 5 frames of 3 channels
     assert d['macs'] == 3 * 3 * 4  # per step: 3 taps x 3 in x 4 out
-    assert 'State' in str(s) and 'State per example: 12' in str(s)
+    assert 'State' in str(s) and 'State per example: 15' in str(s)
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -274,4 +286,4 @@ def test_bad_calls():
         step(jnp.ones((3, 2)))
     with pytest.raises(TypeError, match='floating-point'):
         step(jnp.ones((2, 2), jnp.int32))
-    np.testing.assert_array_equal(step.buffer.value, np.zeros((2, 2, 2), np.float32))  # nothing changed
+    np.testing.assert_array_equal(step.buffer.value, np.zeros((2, 3, 2), np.float32))  # nothing changed
