@@ -193,8 +193,8 @@ class Summary:
                  f'MACs per example: {macs}']
         state = sum(r.state for r in self.rows)
         if state:
-            lines.append(f'State per example: {state:,} values carried between time steps '
-                         f'(MACs of streaming rows are per step)')
+            lines.append(f'Streaming state per example: {state:,} values (the frame buffers of the streaming '
+                         f'layers; their MACs are per time step)')
         rf = self.receptive_field
         if rf is not None:
             lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
