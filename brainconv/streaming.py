@@ -71,10 +71,11 @@ class StreamingConv(brainstate.nn.Module):
     Refused at construction (ValueError): a stride above 1 on the time axis
     (step the stride-1 layer and keep every s-th output: the outputs at steps
     0, s, 2s, ... are exactly the strided ones), lhs dilation on the time axis,
-    non-causal time padding, and a padding mode other than 'ZEROS' when the time
-    axis is padded (the state starts as CAUSAL's zero pads; REFLECT or CIRCULAR
-    pads would be frames that have not arrived yet).  With a time kernel of 1
-    there is no time padding and any mode works.
+    non-causal time padding, and padding mode 'REFLECT' or 'CIRCULAR' when the
+    time axis is padded (their pads before the first frame would be frames that
+    have not arrived yet).  With 'REPLICATE' the first frame after a reset
+    fills the whole buffer (``first``, a ``ShortTermState``, marks that step);
+    with a time kernel of 1 there is no time padding and any mode works.
 
     Parameters
     ----------
@@ -118,6 +119,7 @@ class StreamingConv(brainstate.nn.Module):
         self._rest = conv_geometry(g.in_spatial[1:], g.kernel_size[1:], g.stride[1:], g.pads[1:],
                                    g.lhs_dilation[1:], g.rhs_dilation[1:]) if len(g.in_spatial) > 1 else None
         self._unit = None
+        self._replicate = spec.padding_mode == 'REPLICATE' and self.span > 1
 
     num_spatial_dims = property(lambda self: self.conv.num_spatial_dims)
     num_params = property(lambda self: self.conv.num_params)
@@ -148,6 +150,8 @@ class StreamingConv(brainstate.nn.Module):
         self.buffer = brainstate.HiddenState(_units.attach(jnp.zeros(batch + self.state_size, dtype), self._unit))
         # Like brainstate's Delay: one write position for the whole batch, never vmapped.
         self.position = brainstate.ShortTermState(jnp.zeros((), jnp.int32), tag=_NO_BATCHING)
+        if self._replicate:  # REPLICATE pads time with the first frame: it fills the buffer
+            self.first = brainstate.ShortTermState(jnp.ones((), bool), tag=_NO_BATCHING)
 
     def reset_state(self, batch_size: BatchSize = None, **kwargs) -> None:
         """Zero ``buffer`` and ``position``; with ``batch_size`` given, reshape the buffer for it too."""
@@ -155,6 +159,8 @@ class StreamingConv(brainstate.nn.Module):
         shape = value.shape if batch_size is None else self._batch_shape(batch_size) + self.state_size
         self.buffer.value = _units.attach(jnp.zeros(shape, value.dtype), self._unit)
         self.position.value = jnp.zeros_like(self.position.value)
+        if self._replicate:
+            self.first.value = jnp.ones((), bool)
 
     def _buffer_state(self) -> brainstate.HiddenState:
         state = getattr(self, 'buffer', None)
@@ -200,6 +206,9 @@ class StreamingConv(brainstate.nn.Module):
             return jnp.expand_dims(x, axis)
         k, d = self.conv.kernel_size[0], self.conv.rhs_dilation[0]
         pos = self.position.value
+        if self._replicate:
+            buf = jnp.where(self.first.value, jnp.broadcast_to(jnp.expand_dims(x, axis), buf.shape), buf)
+            self.first.value = jnp.zeros((), bool)
         buf = lax.dynamic_update_index_in_dim(buf, x, pos, axis)
         self.buffer.value = _units.attach(buf, self._unit)
         self.position.value = (pos + 1) % self.span

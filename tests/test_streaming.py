@@ -34,6 +34,9 @@ CONFIGS = {
     'conv2d-reflect-time-kernel-1': dict(
         nd=2, spatial=(4, 6), cin=2, cout=2, kernel=(1, 3), stride=(1, 1), rhs=(1, 1), lhs=(1, 1), groups=1,
         padding='SAME', pads=((0, 0), (1, 1)), channel_first=False, batch=(2,), bias=False, mode='REFLECT'),
+    'conv2d-replicate': dict(
+        nd=2, spatial=(6, 4), cin=2, cout=3, kernel=(3, 2), stride=(1, 1), rhs=(2, 1), lhs=(1, 1), groups=1,
+        padding='CAUSAL', pads=((4, 0), (1, 0)), channel_first=False, batch=(2,), bias=True, mode='REPLICATE'),
     'conv4d': dict(
         nd=4, spatial=(4, 3, 3, 2), cin=1, cout=2, kernel=(2, 2, 1, 2), stride=(1, 1, 2, 1), rhs=(2, 1, 1, 1),
         lhs=(1, 1, 1, 1), groups=1, padding='CAUSAL', pads=((2, 0), (1, 0), (0, 0), (1, 0)), channel_first=False,
@@ -135,6 +138,18 @@ def test_scaled_ws_conv_and_reset():
     brainstate.nn.reset_all_states(step)
     np.testing.assert_array_equal(step.buffer.value, np.zeros((2,) + step.state_size, np.float32))
     np.testing.assert_allclose(_run_stream(step, x, 1), first, rtol=0, atol=0)
+
+
+def test_replicate_fills_the_buffer_after_every_reset():
+    c = CONFIGS['conv2d-replicate']
+    conv = _build(c)
+    step = conv.streaming()
+    step.init_state(batch_size=2)
+    _run_stream(step, _input(c, seed=7), 1)
+    brainstate.nn.reset_all_states(step)
+    assert bool(step.first.value) and int(step.position.value) == 0
+    x = _input(c, seed=8)
+    np.testing.assert_allclose(_run_stream(step, x, 1), _oracle(c, conv, x), **TOL)
 
 
 def _weight_grad_oracle(c, x, g):
@@ -261,7 +276,8 @@ def test_summary_row():
     (dict(padding='SAME'), r'padded causally.*got pads \(1, 1\)'),
     (dict(padding=((1, 0),)), r'padded causally.*\(2, 0\)'),
     (dict(lhs_dilation=2), 'lhs_dilation on the time axis must be 1, got 2'),
-    (dict(padding_mode='REPLICATE'), "padding_mode must be 'ZEROS'"),
+    (dict(padding_mode='REFLECT'), "padding_mode must be 'ZEROS' or 'REPLICATE'.*got 'REFLECT'"),
+    (dict(padding_mode='circular'), "padding_mode must be 'ZEROS' or 'REPLICATE'.*got 'CIRCULAR'"),
 ])
 def test_refused_at_construction(kwargs, match):
     args = dict(kernel_size=3, padding='CAUSAL', w_init=cheap_init(0))
