@@ -6,9 +6,9 @@ included) in a ring buffer, a ``brainstate.HiddenState``, and at each
 ``update`` computes the convolution's output for the newest frame from the k
 frames its time taps read: the taps are folded into the channels, leaving a
 convolution over the other spatial axes (the convolution's own functional op,
-padding and lowering; one matrix product in 1-d).  Stepping through T frames reproduces the causal
-convolution of the whole (T, ...) sequence, so the layer can sit inside a
-``brainstate.transform.for_loop`` beside neuron models.
+padding and lowering; one matrix product in 1-d).  Stepping through T frames
+reproduces the causal convolution of the whole (T, ...) sequence, so the layer
+can sit inside a ``brainstate.transform.for_loop`` beside neuron models.
 """
 
 from __future__ import annotations
@@ -110,11 +110,11 @@ class StreamingConv(brainstate.nn.Module):
         self.in_size = _drop(spec.in_size, t)
         self.out_size = _drop(spec.out_size, t)
         self.state_size = spec.in_size[:t] + (self.span,) + spec.in_size[t + 1:]
-        # The window: span frames, VALID on time (one output position), the rest as the convolution.
-        window_in = spec.in_size[:t] + (self.span,) + spec.in_size[t + 1:]
+        # One step as a convolution: the span-frame window, VALID in time (one output position), the other
+        # axes as the convolution's (the summary reads its MACs per step from it).
         window = conv_geometry((self.span,) + g.in_spatial[1:], g.kernel_size, g.stride,
                                ((0, 0),) + g.pads[1:], g.lhs_dilation, g.rhs_dilation)
-        self.window_spec = dataclasses.replace(spec, in_size=window_in, padding=window.pads, geometry=window)
+        self.window_spec = dataclasses.replace(spec, in_size=self.state_size, padding=window.pads, geometry=window)
         # What each step runs: the time taps folded into the channels, a convolution over the other axes.
         self._rest = conv_geometry(g.in_spatial[1:], g.kernel_size[1:], g.stride[1:], g.pads[1:],
                                    g.lhs_dilation[1:], g.rhs_dilation[1:]) if len(g.in_spatial) > 1 else None
