@@ -20,6 +20,7 @@ from .layers import (
                      ScaledWSConv3d,
 )
 from .lowering import LOWERINGS, get_lowering, set_lowering, use_lowering
+from .streaming import StreamingConv
 from .tools import receptive_field, summary
 
 __version__ = '0.1.0'
@@ -29,5 +30,6 @@ __all__ = [
     'ConvTranspose', 'ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d',
     'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
     'functional', 'shapes', 'summary', 'receptive_field', '__version__',
+    'StreamingConv',
     'lowering', 'LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering',
 ]

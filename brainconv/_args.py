@@ -268,3 +268,28 @@ def conv_transpose_spec(nd, in_size_, out_channels, kernel_size, stride, padding
     mode = padding_mode(padding_mode_, ('ZEROS', 'CIRCULAR'))
     geometry = conv_transpose_geometry(spatial, k, s, pad, rd, op)
     return ConvSpec(size, cin, cout, g, pad, mode, bool(channel_first), geometry)
+
+
+def streamable(spec: ConvSpec, layer: str) -> None:
+    """Check that a convolution can run one time step at a time (time: its first spatial axis).
+
+    The time axis must be padded causally, ``(span - 1, 0)``, with zeros or
+    copies of the first frame (the pads a step can know), stride 1 and no lhs
+    dilation.
+    """
+    g = spec.geometry
+    k, s, d, ld, pads = g.kernel_size[0], g.stride[0], g.rhs_dilation[0], g.lhs_dilation[0], g.pads[0]
+    span = (k - 1) * d + 1
+    where = f"{layer} cannot step through time (its first spatial axis):"
+    if pads != (span - 1, 0):
+        raise ValueError(f"{where} the time axis must be padded causally, padding='CAUSAL' or (low, high) = "
+                         f"({span - 1}, 0) for kernel {k} with rhs_dilation {d}, got pads {pads}")
+    if s != 1:
+        raise ValueError(f"{where} stride on the time axis must be 1, got {s}; step a stride-1 layer and keep "
+                         f"every {s}-th output (outputs at steps 0, {s}, {2 * s}, ... are the strided ones)")
+    if ld != 1:
+        raise ValueError(f"{where} lhs_dilation on the time axis must be 1, got {ld}")
+    if spec.padding_mode not in ('ZEROS', 'REPLICATE') and span > 1:
+        raise ValueError(f"{where} padding_mode must be 'ZEROS' or 'REPLICATE' when the time axis is padded "
+                         f"(span {span}), got {spec.padding_mode!r}: its pads before the first frame would be "
+                         f"frames that have not arrived yet")

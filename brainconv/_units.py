@@ -47,3 +47,23 @@ def attach(y: Any, unit: u.Unit | None) -> Any:
 
 def _name(unit: u.Unit | None) -> str:
     return 'dimensionless (no unit)' if unit is None else repr(str(unit))
+
+
+def unit_arg(value: Any, name: str) -> u.Unit | None:
+    """A unit argument: None (plain arrays) or a brainunit Unit; a dimensionless unit counts as None."""
+    if value is None:
+        return None
+    if not isinstance(value, u.Unit):
+        raise TypeError(f"{name} must be a brainunit Unit (e.g. brainunit.mV) or None, got {value!r}")
+    return None if value.is_unitless else value
+
+
+def mantissa_in(x: Any, unit: u.Unit | None, what: str) -> Any:
+    """``x`` as a plain array in ``unit``; TypeError if its unit has another dimension."""
+    m, x_unit = split(x)
+    if x_unit is None and unit is None:
+        return m
+    if x_unit is None or unit is None or not x_unit.has_same_dim(unit):
+        raise TypeError(f"{what} has unit {_name(x_unit)} but the state holds {_name(unit)}; "
+                        f"pass the unit to init_state(unit=...)")
+    return x.to_decimal(unit)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, Union
 
 import brainstate
 import braintools
@@ -23,6 +23,9 @@ import numpy as np
 from . import _args, _init, _units, functional
 from . import lowering as _lowering
 from .shapes import Padding, adjoint_output_padding
+
+if TYPE_CHECKING:
+    from .streaming import StreamingConv
 
 __all__ = [
     'Conv', 'Conv1d', 'Conv2d', 'Conv3d',
@@ -332,6 +335,12 @@ class Conv(_ConvBase):
     def _op(self, x, w):
         return functional.conv_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
                                         self.channel_first, self.precision, self._lowering)
+
+    def streaming(self, name: str | None = None) -> StreamingConv:
+        """This convolution stepped through time, one frame per call, sharing these weights
+        (:class:`brainconv.StreamingConv`; the first spatial axis is time and must be causal)."""
+        from .streaming import StreamingConv  # streaming builds on this module
+        return StreamingConv(self, name=name)
 
     def transpose(self) -> ConvTranspose:
         """The ConvTranspose that computes exactly the adjoint of this layer's linear part.

@@ -34,6 +34,7 @@ import numpy as np
 from ._args import ConvSpec
 from .layers import Conv, ConvTranspose
 from .shapes import ConvGeometry, ReceptiveField, conv_geometry, receptive_field_step
+from .streaming import StreamingConv
 
 __all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'dense_macs']
 
@@ -108,6 +109,7 @@ class LayerSummary:
     lhs_dilation: Size | None = None
     groups: int | None = None
     receptive_field: ReceptiveField | None = None
+    state: int = 0  # values per example carried from one time step to the next (StreamingConv)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain Python values (receptive field as int/float tuples), for pandas and JSON."""
@@ -116,7 +118,7 @@ class LayerSummary:
             'path': self.path, 'type': self.type, 'in_size': self.in_size, 'out_size': self.out_size,
             'kernel_size': self.kernel_size, 'stride': self.stride, 'pads': self.pads,
             'rhs_dilation': self.rhs_dilation, 'lhs_dilation': self.lhs_dilation, 'groups': self.groups,
-            'params': self.params, 'macs': self.macs,
+            'params': self.params, 'macs': self.macs, 'state': self.state,
             'rf_size': None if rf is None else tuple(_plain(v) for v in rf.size),
             'rf_jump': None if rf is None else tuple(_plain(v) for v in rf.jump),
             'rf_start': None if rf is None else tuple(_plain(v) for v in rf.start),
@@ -172,6 +174,7 @@ class Summary:
             ('Groups', lambda r: '' if r.groups is None else str(r.groups)),
             ('Params', lambda r: f'{r.params:,}'),
             ('MACs', lambda r: '?' if r.macs is None else f'{r.macs:,}'),
+            ('State', lambda r: f'{r.state:,}' if r.state else ''),
             ('RF size', lambda r: _axes(r.receptive_field and r.receptive_field.size)),
             ('RF jump', lambda r: _axes(r.receptive_field and r.receptive_field.jump)),
             ('RF start', lambda r: _start(r.receptive_field)),
@@ -188,6 +191,10 @@ class Summary:
         lines = [f'Input {_shape(self.in_size)} -> output {_shape(self.out_size)}',
                  f'Total params: {self.total_params:,} ({_bytes(self.param_bytes)})',
                  f'MACs per example: {macs}']
+        state = sum(r.state for r in self.rows)
+        if state:
+            lines.append(f'Streaming state per example: {state:,} values (the frame buffers of the streaming '
+                         f'layers; their MACs are per time step)')
         rf = self.receptive_field
         if rf is not None:
             lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
@@ -195,7 +202,7 @@ class Summary:
 
     def __str__(self) -> str:
         header, cells = self._cells()
-        numeric = {'Params', 'MACs'}
+        numeric = {'Params', 'MACs', 'State'}
         widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
 
         def line(values):
@@ -210,7 +217,7 @@ class Summary:
 
     def _repr_html_(self) -> str:
         header, cells = self._cells()
-        numeric = {'Params', 'MACs'}
+        numeric = {'Params', 'MACs', 'State'}
 
         def cell(tag, value, h):
             align = ' style="text-align:right"' if h in numeric else ' style="text-align:left"'
@@ -297,7 +304,7 @@ def _leaves(obj: Any, path: str, seen: Dict[int, str]) -> Iterator[Tuple[str, An
     if id(obj) in seen:
         yield path, obj, seen[id(obj)]
         return
-    if isinstance(obj, (Conv, ConvTranspose) + _POOLS + _DENSE):
+    if isinstance(obj, (Conv, ConvTranspose, StreamingConv) + _POOLS + _DENSE):
         children = []
     elif isinstance(obj, _nn.Module):
         children = list(_children(obj))
@@ -420,6 +427,12 @@ class _Walk:
             row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.spec), kernel_size=g.kernel_size,
                           stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation,
                           groups=layer.groups, receptive_field=self._step_rf(g, where))
+        elif isinstance(layer, StreamingConv):
+            g = layer.conv.spec.geometry
+            row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.window_spec),
+                          kernel_size=g.kernel_size, stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation,
+                          lhs_dilation=g.lhs_dilation, groups=layer.conv.groups, state=math.prod(layer.state_size))
+            self._end_rf(f"{where} steps through time")
         elif isinstance(layer, _POOLS):
             row = self._pool_row(row, layer, where)
         elif isinstance(layer, _DENSE):
