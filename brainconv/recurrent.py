@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence, Tuple, Union
 
 import brainstate
 import braintools
+import brainunit as u
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +69,7 @@ class _ConvRNNCell(brainstate.nn.RNNCell):
         rec_act = _args.activation(recurrent_activation, 'recurrent_activation', brainstate.nn)
         lowering = _args.lowering(lowering)
         if not callable(state_init):
-            shape = np.shape(state_init)
+            shape = tuple(u.math.shape(state_init))
             _args.state_init_shape(shape[max(len(shape) - len(state_size), 0):], state_size)
         if forget_bias is not None:
             forget_bias = _args.real_number(forget_bias, 'forget_bias')
@@ -145,8 +146,8 @@ class _ConvRNNCell(brainstate.nn.RNNCell):
         if callable(init):
             value = _materialize(init, shape, 'state_init')
         else:
-            _args.state_init_shape(np.shape(init), shape)
-            value = jnp.broadcast_to(jnp.asarray(init), shape)
+            _args.state_init_shape(u.math.shape(init), shape)
+            value = u.math.broadcast_to(init, shape)
         _args.dimensionless(_units.split(value)[1], 'state_init', type(self).__name__)
         return value
 
@@ -163,10 +164,12 @@ class _ConvRNNCell(brainstate.nn.RNNCell):
             setattr(self, name, brainstate.HiddenState(value))
 
     def reset_state(self, batch_size: int | Sequence[int] | None = None, **kwargs) -> None:
-        """Set the states back to ``state_init`` (making them first if there are none)."""
-        if not self._initialised():
-            self.init_state(batch_size, **kwargs)
-            return
+        """Set the states back to ``state_init``, with ``batch_size`` as in :meth:`init_state`.
+
+        The states must exist (``init_state`` first, outside any transform:
+        a state made inside ``jit`` or ``grad`` dies with the trace).
+        """
+        _args.state_initialised(self._initialised(), type(self).__name__)
         shape = _args.batch_size(batch_size) + self.state_size
         values = [self._initial(shape) for _ in self.state_names]
         for name, value in zip(self.state_names, values):
