@@ -18,7 +18,7 @@ from _reference import conv as ref_conv
 from _reference import same_pads
 
 import brainconv
-from brainconv import recurrent
+from brainconv import _init, recurrent
 
 
 def sigmoid(v):
@@ -416,3 +416,23 @@ def test_summary_row_of_a_cell():
     assert 'h(4, 3, 4)' in str(s) and s.total_macs == macs + positions * 4
     with pytest.raises(ValueError, match='recurrent'):
         brainconv.receptive_field(net)
+
+
+def test_orthogonal_kernels_are_drawn_without_compiling(caplog):
+    import logging
+    brainstate.random.seed(3)
+    previous = jax.config.jax_log_compiles
+    jax.config.update('jax_log_compiles', True)
+    caplog.set_level(logging.WARNING)
+    try:
+        caplog.clear()
+        for i in range(2):  # new kernel shapes each time
+            brainconv.ConvLSTMCell2d((6, 6, 1 + i), 2 + i, 3)
+            brainconv.ConvGRUCell1d((7, 2), 3 + i, 2, recurrent_w_init=braintools.init.Orthogonal(scale=0.5))
+        assert [r.getMessage() for r in caplog.records if 'Compiling' in r.getMessage()] == []
+    finally:
+        jax.config.update('jax_log_compiles', previous)
+    tall = np.asarray(_init.sample(braintools.init.Orthogonal(scale=0.5), (3, 4, 6))).reshape(12, 6)
+    np.testing.assert_allclose(tall.T @ tall, 0.25 * np.eye(6), atol=1e-6)
+    wide = np.asarray(_init.sample(braintools.init.Orthogonal(), (2, 5)))
+    np.testing.assert_allclose(wide @ wide.T, np.eye(2), atol=1e-6)
