@@ -78,7 +78,7 @@ class _ConvRNNCell(brainstate.nn.RNNCell):
         _args.dimensionless(_units.split(kernel)[1], 'w_init', type(self).__name__)
         bias = None
         if b_init is not None:
-            if not callable(b_init) and np.shape(b_init) == (n * hidden,):
+            if not callable(b_init) and tuple(u.math.shape(b_init)) == (n * hidden,):
                 b_init = np.reshape(b_init, spec_in.bias_shape)  # a per-channel vector
             bias = _materialize(b_init, spec_in.bias_shape, 'b_init')
             _args.dimensionless(_units.split(bias)[1], 'b_init', type(self).__name__)

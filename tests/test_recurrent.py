@@ -218,18 +218,26 @@ def jax_lstm(params, xs, h, c):
 
 @pytest.fixture(scope='module')
 def loop_setup():
+    """Weights, inputs and zero states for a 1-d ConvLSTM, and a maker of cells with those weights."""
     rng = np.random.default_rng(1)
-    cell = brainconv.ConvLSTMCell1d((6, 2), 3, 3, lowering='lax', b_init=rng.normal(size=12).astype(np.float32))
+    params = {'wx': jnp.asarray(rng.normal(0, 0.4, (3, 2, 12)), jnp.float32),
+              'b': jnp.asarray(rng.normal(size=12), jnp.float32),
+              'wh': jnp.asarray(rng.normal(0, 0.4, (3, 3, 12)), jnp.float32)}
     xs = jnp.asarray(rng.normal(size=(4, 2, 6, 2)), jnp.float32)
-    params = {'wx': cell.input_conv.weight.value['weight'], 'b': cell.input_conv.weight.value['bias'].reshape(-1),
-              'wh': cell.hidden_conv.weight.value['weight']}
     zeros = jnp.zeros((2, 6, 3), jnp.float32)
-    cell.init_state(batch_size=2)  # outside any transform
-    return cell, xs, params, zeros
+
+    def make_cell(lowering):
+        cell = brainconv.ConvLSTMCell1d((6, 2), 3, 3, w_init=params['wx'], recurrent_w_init=params['wh'],
+                                        b_init=params['b'], lowering=lowering)
+        cell.init_state(batch_size=2)  # outside any transform
+        return cell
+
+    return make_cell, xs, params, zeros
 
 
 def test_gradient_through_time_under_jit(loop_setup):
-    cell, xs, params, zeros = loop_setup
+    make_cell, xs, params, zeros = loop_setup
+    cell = make_cell(None)  # the default lowering: reverse mode is what it must support
     weights = cell.states(brainstate.ParamState)
 
     def loss():
@@ -249,7 +257,8 @@ def test_gradient_through_time_under_jit(loop_setup):
 
 def test_forward_mode(loop_setup):
     # lowering='lax': the default CPU choice (a custom VJP) has no forward mode in this branch.
-    cell, xs, params, zeros = loop_setup
+    make_cell, xs, params, zeros = loop_setup
+    cell = make_cell('lax')
     tangent = jnp.asarray(np.random.default_rng(2).normal(size=xs.shape), jnp.float32)
 
     def run(seq):
