@@ -293,3 +293,75 @@ def streamable(spec: ConvSpec, layer: str) -> None:
         raise ValueError(f"{where} padding_mode must be 'ZEROS' or 'REPLICATE' when the time axis is padded "
                          f"(span {span}), got {spec.padding_mode!r}: its pads before the first frame would be "
                          f"frames that have not arrived yet")
+# --- recurrent cells (brainconv.recurrent) ------------------------------------------------------
+
+def real_number(value: Any, name: str) -> float:
+    """A finite real number (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def activation(value: Any, name: str, namespace: Any) -> Any:
+    """A callable, or the name of a function in ``namespace`` (brainstate.nn: 'tanh', 'sigmoid', ...)."""
+    if isinstance(value, str):
+        found = getattr(namespace, value, None)
+        if found is None or isinstance(found, type) or not callable(found):
+            raise ValueError(f"{name} must be a callable or the name of an activation function in "
+                             f"brainstate.nn (e.g. 'tanh', 'sigmoid', 'relu'), got {value!r}")
+        return found
+    if isinstance(value, type) or not callable(value):
+        raise TypeError(f"{name} must be a callable or a string naming one, got {value!r}")
+    return value
+
+
+def batch_size(value: Any) -> Tuple[int, ...]:
+    """None (no batch axis), a positive int (one), or a sequence of positive ints (several)."""
+    if value is None:
+        return ()
+    if is_int(value):
+        values = (value,)
+    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
+        values = tuple(value)
+    else:
+        raise TypeError(f"batch_size must be None, a positive int or a sequence of positive ints, got {value!r}")
+    if any(v < 1 for v in values):
+        raise ValueError(f"batch_size must be positive, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def state_init_shape(shape: Sequence[int], expected: Sequence[int]) -> None:
+    """An array given as ``state_init`` must broadcast to the state's shape."""
+    if not _broadcasts_to(shape, expected):
+        raise ValueError(f"state_init must broadcast to the state shape {tuple(expected)} "
+                         f"(*batch, *state_size), got shape {tuple(shape)}")
+
+
+def state_batch(x_batch: Sequence[int], state_batch_: Sequence[int], layer: str) -> None:
+    """The input's batch axes must be the state's: the state is not broadcast over new axes."""
+    if tuple(x_batch) != tuple(state_batch_):
+        raise ValueError(f"{layer} got input with batch shape {tuple(x_batch)} but its state has batch shape "
+                         f"{tuple(state_batch_)}; call init_state(batch_size=...) (or reset_state) "
+                         f"with the input's batch shape first")
+
+
+def state_initialised(initialised: bool, layer: str) -> None:
+    if not initialised:
+        raise RuntimeError(f"{layer} has no state yet: call init_state(batch_size=...) "
+                           f"(or brainstate.nn.init_all_states(model, ...)) before the first step")
+
+
+def dimensionless(unit: Any, name: str, layer: str) -> None:
+    """Gates squash their pre-activations: a gated cell takes plain (dimensionless) numbers only."""
+    if unit is not None:
+        raise TypeError(f"{layer}: {name} must be dimensionless (a plain array), got a Quantity in {unit}; "
+                        f"the gates apply sigmoid/tanh to weighted sums, which needs unit-free numbers. "
+                        f"Divide by a reference value first, e.g. x / u.mV")
+
+
+def recurrent_padding_mode(value: Any) -> str:
+    if isinstance(value, str) and value.upper() in _MODE_ALIASES:
+        return _MODE_ALIASES[value.upper()]
+    raise ValueError(f"recurrent_padding_mode must be one of {PADDING_MODES} (any case), got {value!r}")

@@ -11,7 +11,8 @@ version's fan convention is kept) and draws the same distribution with
 NumPy.  The NumPy generator is seeded from ``brainstate.random``'s key, which
 is then advanced, so ``brainstate.random.seed(...)`` still makes runs
 reproducible.  Float ``Constant`` / ``ZeroInit`` (bias) initializers are
-filled with NumPy too.  Nothing here traces or compiles.  Anything else -- another
+filled with NumPy too, and ``Orthogonal`` (recurrent kernels) is drawn with
+NumPy's QR the way braintools draws it.  Nothing here traces or compiles.  Anything else -- another
 initializer, a traced key (construction inside a transform), a non-scalar
 scale -- is simply called.
 """
@@ -33,6 +34,7 @@ __all__ = ['sample']
 _TRUNCATED_STD = 0.8796256610342398
 _VARIANCE_SCALING = getattr(braintools.init, 'VarianceScaling', None)
 _CONSTANT = getattr(braintools.init, 'Constant', None)
+_ORTHOGONAL = getattr(braintools.init, 'Orthogonal', None)
 
 
 def _numpy_generator() -> np.random.Generator | None:
@@ -76,10 +78,39 @@ def _constant(init: Any, shape: Tuple[int, ...]) -> Any:
     return jax.device_put(np.full(shape, value, dtype=brainstate.environ.dftype()))
 
 
+def _orthogonal(init: Any, shape: Tuple[int, ...]) -> Any:
+    """A braintools Orthogonal drawn with NumPy, as braintools draws it; None if not applicable.
+
+    braintools flattens every axis but the last into rows, takes the QR
+    decomposition of a standard normal (rows, cols) matrix (transposed when
+    there are fewer rows than columns), multiplies Q by the signs of R's
+    diagonal and scales it.
+    """
+    if _ORTHOGONAL is None or not isinstance(init, _ORTHOGONAL) or type(init).__call__ is not _ORTHOGONAL.__call__:
+        return None
+    scale = _scalar(getattr(init, 'scale', None))
+    if scale is None or len(shape) < 2 or not getattr(init, 'unit', u.UNITLESS).is_unitless:
+        return None
+    rng = _numpy_generator()
+    if rng is None:
+        return None
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    matrix = rng.standard_normal((rows, cols))
+    if rows < cols:
+        matrix = matrix.T
+    q, r = np.linalg.qr(matrix)
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return jax.device_put((scale * q).reshape(shape).astype(brainstate.environ.dftype()))
+
+
 def sample(init: Callable[..., Any], shape: Tuple[int, ...]) -> Any:
     """``init(shape)``, drawn with NumPy when ``init`` is a braintools variance-scaling
     initializer (or filled, for a float Constant / ZeroInit)."""
     filled = _constant(init, shape)
+    if filled is None:
+        filled = _orthogonal(init, shape)
     if filled is not None:
         return filled
     if (_VARIANCE_SCALING is None or not isinstance(init, _VARIANCE_SCALING)

@@ -17,6 +17,11 @@ Conventions:
   the network input (:class:`brainconv.shapes.ReceptiveField`): pooling is a
   window like a convolution's, element-wise layers leave it alone, and any
   other layer (Flatten, Linear, ...) ends it.
+* A convolutional recurrent cell (:mod:`brainconv.recurrent`) is one row:
+  its MACs are those of all its convolutions for one step, its geometry that
+  of its input convolution, and its ``states`` the shapes of the states it
+  keeps per example.  It ends the receptive field (its state sees every past
+  step).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 
 from ._args import ConvSpec
 from .layers import Conv, ConvTranspose
+from .recurrent import _ConvRNNCell
 from .shapes import ConvGeometry, ReceptiveField, conv_geometry, receptive_field_step
 from .streaming import StreamingConv
 
@@ -93,7 +99,8 @@ class LayerSummary:
     Geometry fields are None where they do not apply; ``macs`` is None when
     the layer holds parameters but is of a kind whose cost is not known
     here; ``receptive_field`` is set on convolution and pooling rows whose
-    receptive field with respect to the network input is defined.
+    receptive field with respect to the network input is defined; ``states``
+    lists ``(name, size)`` of the states a recurrent cell keeps per example.
     """
 
     path: str
@@ -109,7 +116,8 @@ class LayerSummary:
     lhs_dilation: Size | None = None
     groups: int | None = None
     receptive_field: ReceptiveField | None = None
-    state: int = 0  # values per example carried from one time step to the next (StreamingConv)
+    state: int = 0  # values per example carried from one time step to the next (streaming, cells)
+    states: Tuple[Tuple[str, Size], ...] | None = None  # their names and shapes
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain Python values (receptive field as int/float tuples), for pandas and JSON."""
@@ -122,6 +130,7 @@ class LayerSummary:
             'rf_size': None if rf is None else tuple(_plain(v) for v in rf.size),
             'rf_jump': None if rf is None else tuple(_plain(v) for v in rf.jump),
             'rf_start': None if rf is None else tuple(_plain(v) for v in rf.start),
+            'states': None if self.states is None else dict(self.states),
         }
 
 
@@ -178,6 +187,7 @@ class Summary:
             ('RF size', lambda r: _axes(r.receptive_field and r.receptive_field.size)),
             ('RF jump', lambda r: _axes(r.receptive_field and r.receptive_field.jump)),
             ('RF start', lambda r: _start(r.receptive_field)),
+            ('States', lambda r: '' if not r.states else ' '.join(f'{n}{_shape(z)}' for n, z in r.states)),
         ]
         cells = [[fmt(r) for _, fmt in columns] for r in self.rows]
         keep = [i for i in range(len(columns)) if i < 4 or any(row[i] for row in cells)]
@@ -193,8 +203,8 @@ class Summary:
                  f'MACs per example: {macs}']
         state = sum(r.state for r in self.rows)
         if state:
-            lines.append(f'Streaming state per example: {state:,} values (the frame buffers of the streaming '
-                         f'layers; their MACs are per time step)')
+            lines.append(f'State per example: {state:,} values (carried from one time step to the next by '
+                         f'streaming layers and recurrent cells, whose MACs are per step)')
         rf = self.receptive_field
         if rf is not None:
             lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
@@ -304,7 +314,7 @@ def _leaves(obj: Any, path: str, seen: Dict[int, str]) -> Iterator[Tuple[str, An
     if id(obj) in seen:
         yield path, obj, seen[id(obj)]
         return
-    if isinstance(obj, (Conv, ConvTranspose, StreamingConv) + _POOLS + _DENSE):
+    if isinstance(obj, (Conv, ConvTranspose, StreamingConv, _ConvRNNCell) + _POOLS + _DENSE):
         children = []
     elif isinstance(obj, _nn.Module):
         children = list(_children(obj))
@@ -431,8 +441,17 @@ class _Walk:
             g = layer.conv.spec.geometry
             row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.window_spec),
                           kernel_size=g.kernel_size, stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation,
-                          lhs_dilation=g.lhs_dilation, groups=layer.conv.groups, state=math.prod(layer.state_size))
+                          lhs_dilation=g.lhs_dilation, groups=layer.conv.groups, state=math.prod(layer.state_size),
+                          states=(('buffer', tuple(layer.state_size)),))
             self._end_rf(f"{where} steps through time")
+        elif isinstance(layer, _ConvRNNCell):
+            g = layer.input_conv.spec.geometry
+            macs = sum(conv_macs(c.spec) for c in (layer.input_conv,) + layer.recurrent_convs)
+            row = replace(row, out_size=tuple(layer.out_size), macs=macs, kernel_size=g.kernel_size, stride=g.stride,
+                          pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation, groups=1,
+                          states=tuple((n, tuple(layer.state_size)) for n in layer.state_names),
+                          state=len(layer.state_names) * math.prod(layer.state_size))
+            self._end_rf(f"{where} is recurrent: its state depends on every earlier step")
         elif isinstance(layer, _POOLS):
             row = self._pool_row(row, layer, where)
         elif isinstance(layer, _DENSE):

@@ -268,7 +268,7 @@ def test_summary_row():
     assert d['in_size'] == (3,) and d['out_size'] == (4,) and d['params'] == 36
     assert d['state'] == 5 * 3  # (k - 1) * d + 1 = 5 frames of 3 channels
     assert d['macs'] == 3 * 3 * 4  # per step: 3 taps x 3 in x 4 out
-    assert 'State' in str(s) and 'Streaming state per example: 15 values' in str(s)
+    assert 'State' in str(s) and 'State per example: 15 values' in str(s)
 
 
 @pytest.mark.parametrize('kwargs, match', [
