@@ -19,7 +19,9 @@ from .layers import (
                      ScaledWSConv2d,
                      ScaledWSConv3d,
 )
+from .local import LocalConv, LocalConv1d, LocalConv2d, LocalConv3d, local_conv
 from .lowering import LOWERINGS, get_lowering, set_lowering, use_lowering
+from .separable import SeparableConv, SeparableConv1d, SeparableConv2d, SeparableConv3d
 from .tools import receptive_field, summary
 
 __version__ = '0.1.0'
@@ -28,6 +30,8 @@ __all__ = [
     'Conv', 'Conv1d', 'Conv2d', 'Conv3d',
     'ConvTranspose', 'ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d',
     'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
+    'LocalConv', 'LocalConv1d', 'LocalConv2d', 'LocalConv3d', 'local_conv',
+    'SeparableConv', 'SeparableConv1d', 'SeparableConv2d', 'SeparableConv3d',
     'functional', 'shapes', 'summary', 'receptive_field', '__version__',
     'lowering', 'LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering',
 ]
