@@ -17,6 +17,11 @@ import brainconv
 TOL = dict(rtol=2e-4, atol=2e-4)
 
 
+def _random_in(unit):
+    """An initializer drawing standard normal weights in ``unit``."""
+    return lambda shape: jnp.asarray(np.random.default_rng(7).standard_normal(shape), jnp.float32) * unit
+
+
 def expected_pads(padding, n, k, s, d, ld):
     """(low, high) per axis, from the definitions (written out here, not read from brainconv)."""
     n = (n - 1) * ld + 1
@@ -182,7 +187,7 @@ def test_transforms():
 
 
 def test_units_and_functional():
-    layer = brainconv.LocalConv1d((6, 2), 2, 3, w_init=braintools.init.Normal(0.0, 1.0, unit=u.siemens))
+    layer = brainconv.LocalConv1d((6, 2), 2, 3, w_init=_random_in(u.siemens))
     x = np.random.default_rng(3).standard_normal((6, 2)).astype(np.float32)
     y = layer(x * u.mV)
     assert u.get_unit(y) == u.mV * u.siemens

@@ -18,6 +18,11 @@ import brainconv
 TOL = dict(rtol=2e-4, atol=2e-4)
 
 
+def _random_in(unit):
+    """An initializer drawing standard normal weights in ``unit``."""
+    return lambda shape: jnp.asarray(np.random.default_rng(7).standard_normal(shape), jnp.float32) * unit
+
+
 def separable_reference(x, depthwise, pointwise, bias, stride, pads, rhs_dilation, mode='ZEROS'):
     """``h[b, p, c*m + j] = sum_t xp[b, p*s + t*d, c] * depthwise[t, 0, c*m + j]``, then ``h @ pointwise + bias``.
 
@@ -115,9 +120,8 @@ def test_transforms_and_units():
     np.testing.assert_allclose(tangent, 2 * layer(x), **TOL)
     ys = jax.vmap(layer.apply, in_axes=(None, 0))(p, jnp.stack([x, -x]))
     np.testing.assert_allclose(ys[1], -ys[0], **TOL)
-    normal = braintools.init.Normal
-    with_units = brainconv.SeparableConv1d((6, 2), 2, 3, depthwise_init=normal(0.0, 1.0, unit=u.siemens),
-                                           pointwise_init=normal(0.0, 1.0, unit=u.ohm))
+    with_units = brainconv.SeparableConv1d((6, 2), 2, 3, depthwise_init=_random_in(u.siemens),
+                                           pointwise_init=_random_in(u.ohm))
     y = with_units(jnp.ones((6, 2)) * u.mV)
     assert u.get_unit(y).has_same_dim(u.mV)
 
