@@ -461,9 +461,8 @@ class ScaledWSConv(Conv):
                          padding_mode, precision, lowering, dtype, param_dtype)
         self.eps = float(eps)
         if ws_gain:
-            gain = np.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,),
-                           self.param_dtype or brainstate.environ.dftype())
-            gain = jax.device_put(gain)
+            dtype = brainstate.environ.dftype() if self.param_dtype is None else self.param_dtype
+            gain = jax.device_put(np.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,), dtype))
             self.weight.value = {**self.weight.value, 'gain': gain}
 
     def _kernel_mantissa(self, params):
