@@ -19,8 +19,8 @@ from .layers import (
                      ScaledWSConv2d,
                      ScaledWSConv3d,
 )
+from .local import LocalConv, LocalConv1d, LocalConv2d, LocalConv3d, local_conv
 from .lowering import LOWERINGS, get_lowering, set_lowering, use_lowering
-from .streaming import StreamingConv
 from .recurrent import (
                      ConvGRUCell,
                      ConvGRUCell1d,
@@ -31,6 +31,8 @@ from .recurrent import (
                      ConvLSTMCell2d,
                      ConvLSTMCell3d,
 )
+from .separable import SeparableConv, SeparableConv1d, SeparableConv2d, SeparableConv3d
+from .streaming import StreamingConv
 from .tools import receptive_field, summary
 
 __version__ = '0.1.0'
@@ -41,6 +43,8 @@ __all__ = [
     'ScaledWSConv', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d',
     'ConvLSTMCell', 'ConvLSTMCell1d', 'ConvLSTMCell2d', 'ConvLSTMCell3d',
     'ConvGRUCell', 'ConvGRUCell1d', 'ConvGRUCell2d', 'ConvGRUCell3d',
+    'LocalConv', 'LocalConv1d', 'LocalConv2d', 'LocalConv3d', 'local_conv',
+    'SeparableConv', 'SeparableConv1d', 'SeparableConv2d', 'SeparableConv3d',
     'functional', 'shapes', 'summary', 'receptive_field', '__version__',
     'StreamingConv',
     'lowering', 'LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering',

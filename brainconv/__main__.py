@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m brainconv', description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, default=20, help='training epochs (default 20)')
     parser.add_argument('--seed', type=int, default=0, help='seed for the split, weights and batches')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16', 'float16'), default=None,
+                        help="the convolutions' compute dtype (16-bit accumulates in float32; weights stay float32)")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be a positive int, got {args.epochs}")
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = digits.load_digits(seed=args.seed)
     print(f'digits: {len(data.x_train)} training and {len(data.x_test)} test images of 8x8 pixels')
-    model = digits.make_cnn(seed=args.seed)
+    model = digits.make_cnn(seed=args.seed, dtype=args.dtype)
     print(brainconv.summary(model))
     print()
     history = digits.fit(model, data, epochs=args.epochs, seed=args.seed,

@@ -365,3 +365,30 @@ def recurrent_padding_mode(value: Any) -> str:
     if isinstance(value, str) and value.upper() in _MODE_ALIASES:
         return _MODE_ALIASES[value.upper()]
     raise ValueError(f"recurrent_padding_mode must be one of {PADDING_MODES} (any case), got {value!r}")
+def dtype(value: Any, name: str) -> np.dtype | None:
+    """A floating dtype (float16, bfloat16, float32, float64, ...) or None."""
+    if value is None:
+        return None
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        dt = None
+    # ml_dtypes' floats (bfloat16, float8_*) have kind 'V'; their names say what they are.
+    if dt is None or not (dt.kind == 'f' or dt.name.startswith(('bfloat', 'float'))):
+        raise TypeError(f"{name} must be a floating dtype (e.g. jnp.float32, jnp.bfloat16) or None, got {value!r}")
+    return dt
+
+
+def separable_specs(nd, in_size_, out_channels, kernel_size, stride, padding_, lhs_dilation, rhs_dilation,
+                    depth_multiplier, padding_mode_, channel_first) -> Tuple[ConvSpec, ConvSpec]:
+    """Validate a separable convolution's arguments: the depthwise step's spec
+    (``groups = in_channels``, ``in_channels * depth_multiplier`` outputs) and the
+    pointwise (1x1, VALID) step's spec on its output."""
+    nd = num_spatial_dims(nd)
+    _, cin, _ = _split_in_size(in_size_, nd, channel_first)
+    cout = positive_int(out_channels, 'out_channels')
+    dm = positive_int(depth_multiplier, 'depth_multiplier')
+    depthwise = conv_spec(nd, in_size_, cin * dm, kernel_size, stride, padding_, lhs_dilation, rhs_dilation,
+                          cin, padding_mode_, channel_first)
+    pointwise = conv_spec(nd, depthwise.out_size, cout, 1, 1, 'VALID', 1, 1, 1, 'ZEROS', channel_first)
+    return depthwise, pointwise

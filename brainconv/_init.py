@@ -105,17 +105,26 @@ def _orthogonal(init: Any, shape: Tuple[int, ...]) -> Any:
     return jax.device_put((scale * q).reshape(shape).astype(brainstate.environ.dftype()))
 
 
-def sample(init: Callable[..., Any], shape: Tuple[int, ...]) -> Any:
+def is_variance_scaling(init: Any) -> bool:
+    """True when :func:`sample` draws ``init`` with NumPy (a braintools variance-scaling initializer)."""
+    return (_VARIANCE_SCALING is not None and isinstance(init, _VARIANCE_SCALING)
+            and type(init).__call__ is _VARIANCE_SCALING.__call__
+            and getattr(init, 'distribution', None) in ('normal', 'uniform', 'truncated_normal'))
+
+
+def sample(init: Callable[..., Any], shape: Tuple[int, ...], fan_shape: Tuple[int, ...] | None = None) -> Any:
     """``init(shape)``, drawn with NumPy when ``init`` is a braintools variance-scaling
-    initializer (or filled, for a float Constant / ZeroInit)."""
+    initializer (or filled, for a float Constant / ZeroInit).
+
+    ``fan_shape``: the shape whose fans set a variance-scaling initializer's
+    variance (default ``shape``); used only when ``is_variance_scaling(init)``.
+    """
     filled = _constant(init, shape)
     if filled is None:
         filled = _orthogonal(init, shape)
     if filled is not None:
         return filled
-    if (_VARIANCE_SCALING is None or not isinstance(init, _VARIANCE_SCALING)
-            or type(init).__call__ is not _VARIANCE_SCALING.__call__
-            or getattr(init, 'distribution', None) not in ('normal', 'uniform', 'truncated_normal')):
+    if not is_variance_scaling(init):
         return init(shape)
     scale, scale_unit = u.split_mantissa_unit(init.scale)
     scale = _scalar(scale)
@@ -124,7 +133,7 @@ def sample(init: Callable[..., Any], shape: Tuple[int, ...]) -> Any:
     rng = _numpy_generator()
     if rng is None:
         return init(shape)
-    variance = scale / max(1.0, float(init._get_fan(shape)))
+    variance = scale / max(1.0, float(init._get_fan(shape if fan_shape is None else fan_shape)))
     if init.distribution == 'uniform':
         limit = math.sqrt(3.0 * variance)
         samples = rng.uniform(-limit, limit, shape)

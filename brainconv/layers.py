@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, Union
 import brainstate
 import braintools
 import brainunit as u
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,25 +50,44 @@ def _materialize(init: Init, shape: Tuple[int, ...], name: str) -> Any:
     return value
 
 
+def _as_dtype(value: Any, dtype: np.dtype | None) -> Any:
+    """``value`` (an array or a Quantity) with its mantissa in ``dtype``; unchanged when None."""
+    if dtype is None:
+        return value
+    m, unit = _units.split(value)
+    if isinstance(m, jax.core.Tracer):
+        m = m.astype(dtype)
+    elif np.dtype(m.dtype) != dtype:
+        m = jax.device_put(np.asarray(m).astype(dtype))  # NumPy: no compile per shape
+    return _units.attach(m, unit)
+
+
+def _accumulation_dtype(dtype: np.dtype) -> np.dtype:
+    """What a convolution computing in ``dtype`` accumulates in: float32 for 16-bit (and smaller) floats."""
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
 class _ConvBase(brainstate.nn.Module):
     """Machinery shared by every layer here; not public."""
 
     num_spatial_dims: int
 
     def _setup(self, spec: _args.ConvSpec, w_init: Init, b_init: Init | None, w_mask: Init | None,
-               param_type: type, precision: Any, lowering: str | None = None) -> None:
+               param_type: type, precision: Any, lowering: str | None = None, dtype: Any = None,
+               param_dtype: Any = None) -> None:
         """Everything after validation: masks and weights first, then attributes."""
+        dtype = _args.dtype(dtype, 'dtype')
+        param_dtype = _args.dtype(param_dtype, 'param_dtype')
         kernel_shape = spec.kernel_shape
         mask = None
         if w_mask is not None:
             mask = w_mask(kernel_shape) if callable(w_mask) else jnp.asarray(w_mask)
             _args.mask_shape(jnp.shape(mask), kernel_shape)
             mask = jnp.reshape(mask, (1,) * (len(kernel_shape) - jnp.ndim(mask)) + jnp.shape(mask))
-        params = {'weight': _materialize(w_init, kernel_shape, 'w_init')}
+        params = {'weight': self._init_kernel(w_init, spec)}
         if b_init is not None:
-            if not callable(b_init) and np.shape(b_init) == (spec.out_channels,):
-                b_init = u.math.reshape(b_init, spec.bias_shape)  # a per-channel vector
-            params['bias'] = _materialize(b_init, spec.bias_shape, 'b_init')
+            params['bias'] = self._make_bias(b_init, spec)
+        self._set_dtypes(dtype, param_dtype)
         self.spec = spec
         self.num_spatial_dims = spec.geometry.num_spatial_dims
         self.in_size = spec.in_size
@@ -75,7 +95,22 @@ class _ConvBase(brainstate.nn.Module):
         self.precision = precision
         self._lowering = lowering
         self.w_mask = mask
-        self.weight = param_type(params)
+        self.weight = param_type({k: _as_dtype(v, param_dtype) for k, v in params.items()})
+
+    def _init_kernel(self, w_init: Init, spec: _args.ConvSpec) -> Any:
+        return _materialize(w_init, spec.kernel_shape, 'w_init')
+
+    def _make_bias(self, b_init: Init, spec: _args.ConvSpec) -> Any:
+        """The bias array of ``spec.bias_shape``; a ``(out_channels,)`` array is a per-channel vector."""
+        if not callable(b_init) and np.shape(b_init) == (spec.out_channels,):
+            nd = spec.geometry.num_spatial_dims
+            vector = (spec.out_channels,) + (1,) * nd if spec.channel_first else (spec.out_channels,)
+            b_init = u.math.reshape(b_init, (1,) * (len(spec.bias_shape) - len(vector)) + vector)
+        return _materialize(b_init, spec.bias_shape, 'b_init')
+
+    def _set_dtypes(self, dtype: np.dtype | None, param_dtype: np.dtype | None) -> None:
+        self.dtype = dtype
+        self.param_dtype = param_dtype
 
     # brainstate.nn.Conv's attribute names, read from the one spec.
     in_channels = property(lambda self: self.spec.in_channels)
@@ -117,7 +152,12 @@ class _ConvBase(brainstate.nn.Module):
             w = w * self.w_mask
         return w, unit
 
-    def _op(self, x: Any, w: Any) -> Any:
+    def _kernels(self, params: dict) -> Tuple[Tuple[Any, ...], Any]:
+        """The kernel mantissas ``_op`` takes after ``x``, and the unit of their product."""
+        w, unit = self._kernel_mantissa(params)
+        return (w,), unit
+
+    def _op(self, x: Any, *kernels: Any) -> Any:
         raise NotImplementedError
 
     def update(self, x: Any) -> Any:
@@ -132,23 +172,38 @@ class _ConvBase(brainstate.nn.Module):
         """
         xm, x_unit = _units.split(x)
         _args.input_array(jnp.shape(xm), jnp.result_type(xm), self.in_size, type(self).__name__)
-        w, w_unit = self._kernel_mantissa(params)
+        kernels, w_unit = self._kernels(params)
         out_unit = _units.product(x_unit, w_unit)
         bias = _units.bias_mantissa(params['bias'], out_unit, type(self).__name__) if 'bias' in params else None
+        if self.dtype is not None:  # round every operand to dtype, compute in the accumulation dtype
+            acc = _accumulation_dtype(self.dtype)
+            xm, *kernels = (jnp.asarray(a).astype(self.dtype).astype(acc) for a in (xm, *kernels))
+            bias = None if bias is None else jnp.asarray(bias).astype(self.dtype).astype(acc)
 
         def run(batched):
-            y = self._op(batched, w)
+            y = self._op(batched, *kernels)
             return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - jnp.ndim(bias)) + jnp.shape(bias))
 
-        return _units.attach(functional._with_batch(run, xm, len(self.in_size)), out_unit)
+        y = functional._with_batch(run, xm, len(self.in_size))
+        if self.dtype is not None:
+            y = y.astype(self.dtype)
+        return _units.attach(y, out_unit)
 
-    def __repr__(self) -> str:
+    def _repr_items(self) -> list:
         g = self.spec.geometry
         padding = self.spec.padding if isinstance(self.spec.padding, str) else 'explicit'
         mode = '' if self.spec.padding_mode == 'ZEROS' else f' {self.spec.padding_mode}'
-        return (f"{type(self).__name__}({self.in_size} -> {self.out_size}, kernel={g.kernel_size}, "
-                f"stride={g.stride}, padding={padding}{mode} {g.pads}, groups={self.groups}, "
-                f"params={self.num_params}, lowering={self.lowering})")
+        return [f"kernel={g.kernel_size}", f"stride={g.stride}", f"padding={padding}{mode} {g.pads}",
+                f"groups={self.groups}", f"params={self.num_params}", f"lowering={self.lowering}"]
+
+    def _dtype_items(self) -> list:
+        """The dtype options that differ from the defaults."""
+        return [f'{name}={dt.name}' for name, dt in (('dtype', self.dtype), ('param_dtype', self.param_dtype))
+                if dt is not None]
+
+    def __repr__(self) -> str:
+        items = ', '.join(self._repr_items() + self._dtype_items())
+        return f"{type(self).__name__}({self.in_size} -> {self.out_size}, {items})"
 
 
 _SHARED_ARGS = """\
@@ -191,6 +246,17 @@ _LOWERING_ARG = """\
         'fold' or 'auto' (see :mod:`brainconv.lowering`); None follows
         :func:`brainconv.set_lowering` (initially 'auto': measured per backend).  The
         ``lowering`` property reports the resolved choice.
+"""
+
+_DTYPE_ARGS = """\
+    dtype : dtype, optional
+        Compute dtype (a floating dtype): the input, kernel and bias are cast to it and the
+        output is in it; 16-bit dtypes (bfloat16, float16) accumulate in float32 (the
+        operands are rounded to ``dtype``, the convolution runs in float32, the result is
+        cast back).  None: as without it, the result dtype of the input and the weights.
+    param_dtype : dtype, optional
+        Dtype the weights are created in (a floating dtype); None: as the initializer gives
+        them (``brainstate.environ.dftype()`` for braintools initializers).
 """
 
 _CALL = """
@@ -295,7 +361,7 @@ def _render(stem: str, nd: int | None) -> str:
         nd=nd or 'num_spatial_dims', title=_TITLES[stem].format(rank=rank, suffix=suffix),
         dims=f'{nd} spatial axes' if nd else '``num_spatial_dims`` spatial axes',
         num='' if nd else '    num_spatial_dims : int\n        Number of spatial axes (1 for Conv1d, ...).\n',
-        call=_CALL, extra=_WS_EXTRA if stem == 'ScaledWSConv' else '', lowering=_LOWERING_ARG,
+        call=_CALL, extra=_WS_EXTRA if stem == 'ScaledWSConv' else '', lowering=_LOWERING_ARG + _DTYPE_ARGS,
         example=_EXAMPLES[stem, nd][0], example_out=_EXAMPLES[stem, nd][1])
     fields['shared'] = _SHARED_ARGS.format(**fields)
     fields['tail'] = _SHARED_TAIL.format(modes=_TRANSPOSE_MODES if stem == 'ConvTranspose' else _MODES)
@@ -325,12 +391,14 @@ class Conv(_ConvBase):
         padding_mode: str = 'ZEROS',
         precision: Any = None,
         lowering: str | None = None,
+        dtype: Any = None,
+        param_dtype: Any = None,
     ):
         spec = _args.conv_spec(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding,
                                lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
         lowering = _args.lowering(lowering)
         super().__init__(name=name)
-        self._setup(spec, w_init, b_init, w_mask, param_type, precision, lowering)
+        self._setup(spec, w_init, b_init, w_mask, param_type, precision, lowering, dtype, param_dtype)
 
     def _op(self, x, w):
         return functional.conv_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
@@ -363,7 +431,8 @@ class Conv(_ConvBase):
             self.out_size, self.in_channels, g.kernel_size, stride=g.stride,
             padding=g.pads, rhs_dilation=g.rhs_dilation, groups=self.groups, w_init=kernel,
             channel_first=self.channel_first, padding_mode=self.padding_mode,
-            precision=self.precision, output_padding=adjoint_output_padding(g), lowering=self._lowering)
+            precision=self.precision, output_padding=adjoint_output_padding(g), lowering=self._lowering,
+            dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class ScaledWSConv(Conv):
@@ -391,15 +460,18 @@ class ScaledWSConv(Conv):
         padding_mode: str = 'ZEROS',
         precision: Any = None,
         lowering: str | None = None,
+        dtype: Any = None,
+        param_dtype: Any = None,
     ):
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"eps must be a positive float, got {eps!r}")
         super().__init__(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding, lhs_dilation,
                          rhs_dilation, groups, w_init, b_init, w_mask, channel_first, name, param_type,
-                         padding_mode, precision, lowering)
+                         padding_mode, precision, lowering, dtype, param_dtype)
         self.eps = float(eps)
         if ws_gain:
-            gain = jnp.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,))
+            dtype = brainstate.environ.dftype() if self.param_dtype is None else self.param_dtype
+            gain = jax.device_put(np.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,), dtype))
             self.weight.value = {**self.weight.value, 'gain': gain}
 
     def _kernel_mantissa(self, params):
@@ -434,12 +506,14 @@ class ConvTranspose(_ConvBase):
         precision: Any = None,
         output_padding: IntOrSeq = 0,
         lowering: str | None = None,
+        dtype: Any = None,
+        param_dtype: Any = None,
     ):
         spec = _args.conv_transpose_spec(num_spatial_dims, in_size, out_channels, kernel_size, stride, padding,
                                          rhs_dilation, groups, output_padding, padding_mode, channel_first)
         lowering = _args.lowering(lowering)
         super().__init__(name=name)
-        self._setup(spec, w_init, b_init, w_mask, param_type, precision, lowering)
+        self._setup(spec, w_init, b_init, w_mask, param_type, precision, lowering, dtype, param_dtype)
 
     output_padding = property(lambda self: self.spec.geometry.output_padding)
 
@@ -454,12 +528,15 @@ def _show_signature(cls: type, drop: int) -> None:
     cls.__signature__ = inspect.Signature(params)
 
 
-def _fixed_rank(base: type, nd: int) -> type:
-    """``{base}{nd}d``: ``base`` with ``num_spatial_dims`` fixed; same signature otherwise."""
+def _fixed_rank(base: type, nd: int, render: Callable[[str, int], str] = _render) -> type:
+    """``{base}{nd}d``: ``base`` with ``num_spatial_dims`` fixed; same signature otherwise.
+
+    ``render(stem, nd)`` gives its docstring (the module defining ``base`` passes its own).
+    """
     cls = type(f'{base.__name__}{nd}d', (base,), {
         '__init__': functools.partialmethod(base.__init__, nd),
-        '__doc__': _render(base.__name__, nd),
-        '__module__': __name__,
+        '__doc__': render(base.__name__, nd),
+        '__module__': base.__module__,
         '__qualname__': f'{base.__name__}{nd}d',
     })
     _show_signature(cls, 1)

@@ -38,11 +38,13 @@ import numpy as np
 
 from ._args import ConvSpec
 from .layers import Conv, ConvTranspose
+from .local import LocalConv
 from .recurrent import _ConvRNNCell
+from .separable import SeparableConv
 from .shapes import ConvGeometry, ReceptiveField, conv_geometry, receptive_field_step
 from .streaming import StreamingConv
 
-__all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'dense_macs']
+__all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'layer_macs', 'dense_macs']
 
 Size = Tuple[int, ...]
 
@@ -65,6 +67,8 @@ _POOLS = _classes('MaxPool1d', 'MaxPool2d', 'MaxPool3d', 'AvgPool1d', 'AvgPool2d
 _DENSE = _classes('Linear', 'ScaledWSLinear', 'SignedWLinear')
 # Layers that act on each position on its own (as far as receptive fields go):
 # activations, dropout, normalisation, neuron dynamics.
+# brainconv layers with a ``spec`` whose geometry is their window (SeparableConv: its depthwise step's).
+_CONVS = (Conv, ConvTranspose, LocalConv, SeparableConv)
 _POINTWISE = _classes('ElementWiseBlock', 'BatchNorm0d', 'BatchNorm1d', 'BatchNorm2d', 'BatchNorm3d',
                       'LayerNorm', 'RMSNorm', 'GroupNorm', 'Dynamics')
 
@@ -84,6 +88,18 @@ def conv_macs(spec: ConvSpec) -> int:
     if g.transposed:
         return math.prod(g.in_spatial) * spec.in_channels * taps * (spec.out_channels // spec.groups)
     return math.prod(g.out_spatial) * spec.out_channels * taps * (spec.in_channels // spec.groups)
+
+
+def layer_macs(layer: Any) -> int:
+    """Multiply-accumulates per example of a brainconv layer.
+
+    A LocalConv makes as many products as the convolution with its geometry
+    (each output position has its own kernel, of the same size); a
+    SeparableConv adds its depthwise and pointwise steps.
+    """
+    if isinstance(layer, SeparableConv):
+        return conv_macs(layer.spec) + conv_macs(layer.pointwise_spec)
+    return conv_macs(layer.spec)
 
 
 def dense_macs(in_size: Sequence[int], out_size: Sequence[int]) -> int:
@@ -314,7 +330,7 @@ def _leaves(obj: Any, path: str, seen: Dict[int, str]) -> Iterator[Tuple[str, An
     if id(obj) in seen:
         yield path, obj, seen[id(obj)]
         return
-    if isinstance(obj, (Conv, ConvTranspose, StreamingConv, _ConvRNNCell) + _POOLS + _DENSE):
+    if isinstance(obj, _CONVS + (StreamingConv, _ConvRNNCell) + _POOLS + _DENSE):
         children = []
     elif isinstance(obj, _nn.Module):
         children = list(_children(obj))
@@ -432,9 +448,9 @@ class _Walk:
             self._end_rf(f"{where} follows a layer whose output size is unknown")
         row = LayerSummary(path, name if shared is None else f'{name} (shared with {shared})', in_size, None,
                            params=self._params(layer))
-        if isinstance(layer, (Conv, ConvTranspose)):
+        if isinstance(layer, _CONVS):
             g = layer.spec.geometry
-            row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.spec), kernel_size=g.kernel_size,
+            row = replace(row, out_size=tuple(layer.out_size), macs=layer_macs(layer), kernel_size=g.kernel_size,
                           stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation,
                           groups=layer.groups, receptive_field=self._step_rf(g, where))
         elif isinstance(layer, StreamingConv):

@@ -425,11 +425,11 @@ def test_layer_lowering_changes_the_program_not_the_result():
 
 
 def test_positional_arguments_keep_brainstate_order():
-    """``lowering`` comes after every brainstate argument (keyword or positional)."""
+    """``lowering`` comes after every brainstate argument (keyword or positional); only the dtypes follow it."""
     import inspect
     for cls in (brainconv.Conv2d, brainconv.ConvTranspose2d, brainconv.ScaledWSConv2d):
         params = list(inspect.signature(cls).parameters)
-        assert params[-1] == 'lowering', cls
+        assert params[-3:] == ['lowering', 'dtype', 'param_dtype'], cls
 
 
 def test_weight_gradient_chunks_do_not_change_the_result(monkeypatch):

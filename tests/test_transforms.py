@@ -139,7 +139,7 @@ def test_brainstate_transforms_on_stateful_layers():
             results[name] = (
                 brainstate.transform.jacfwd(lambda a, net=net: net(a))(x[:1]),
                 brainstate.transform.hessian(loss)(x[:1]),
-                brainstate.transform.fwd_grad(lambda: loss(x), params, key=0)(),
+                brainstate.transform.fwd_grad(lambda x=x: loss(x), params, key=0)(),
                 brainstate.transform.grad(loss, params)(x),
                 brainstate.transform.for_loop(lambda a, net=net: net(a), jnp.stack([x, -x])),
                 brainstate.transform.vmap(lambda a, net=net: net(a))(x),

@@ -55,22 +55,36 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> Digits:
     return Digits(x_train, y_train, x_test, y_test)
 
 
-def make_cnn(seed: int = 0, width: int = 16) -> brainstate.nn.Sequential:
+def make_cnn(seed: int = 0, width: int = 16, dtype: Any = None) -> brainstate.nn.Sequential:
     """A small CNN for 8x8x1 images: two 3x3 convolutions, 2x2 max pooling, a third
-    convolution and a linear read-out to 10 classes."""
+    convolution and a linear read-out to 10 classes.
+
+    ``dtype`` is the convolutions' compute dtype (e.g. ``jnp.bfloat16``; weights stay
+    float32); their output is cast back to float32 before the read-out.
+    """
     brainstate.random.seed(seed)
     w, b = braintools.init.KaimingNormal(), braintools.init.ZeroInit()
-    return brainstate.nn.Sequential(
-        brainconv.Conv2d((8, 8, 1), width, 3, w_init=w, b_init=b),
+    conv = dict(w_init=w, b_init=b, dtype=dtype)
+    layers = [
+        brainconv.Conv2d((8, 8, 1), width, 3, **conv),
         brainstate.nn.ReLU(),
-        brainconv.Conv2d((8, 8, width), 2 * width, 3, w_init=w, b_init=b),
+        brainconv.Conv2d((8, 8, width), 2 * width, 3, **conv),
         brainstate.nn.ReLU(),
         brainstate.nn.MaxPool2d(2, 2, channel_axis=-1),
-        brainconv.Conv2d((4, 4, 2 * width), 2 * width, 3, w_init=w, b_init=b),
+        brainconv.Conv2d((4, 4, 2 * width), 2 * width, 3, **conv),
         brainstate.nn.ReLU(),
+    ]
+    if dtype is not None:
+        layers.append(_to_float32)
+    return brainstate.nn.Sequential(
+        *layers,
         brainstate.nn.Flatten(in_size=(4, 4, 2 * width)),
         brainstate.nn.Linear(16 * 2 * width, 10, w_init=braintools.init.XavierNormal()),
     )
+
+
+def _to_float32(x: Any) -> Any:
+    return x.astype(jnp.float32)
 
 
 @dataclass
