@@ -102,8 +102,7 @@ def test_every_lowering(lowering):
 
 
 def test_transforms_and_units():
-    # lowering='lax': the custom-VJP lowerings have no forward mode (yet); jvp needs a primitive with one
-    layer = brainconv.SeparableConv2d((5, 5, 2), 3, 3, depth_multiplier=2, lowering='lax')
+    layer = brainconv.SeparableConv2d((5, 5, 2), 3, 3, depth_multiplier=2)  # the default lowering
     p = layer.weight.value
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, 5, 2)).astype(np.float32))
     # reverse mode against the oracle: the output is linear in each of x, depthwise, pointwise
