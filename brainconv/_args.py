@@ -34,7 +34,7 @@ def num_spatial_dims(value: Any) -> int:
 
 
 def positive_int(value: Any, name: str) -> int:
-    scalar = value if is_int(value) else _as_sequence(value)  # a 0-d array becomes its scalar
+    scalar = value if is_int(value) else as_sequence(value)  # a 0-d array becomes its scalar
     if not is_int(scalar):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if scalar < 1:
@@ -42,7 +42,7 @@ def positive_int(value: Any, name: str) -> int:
     return int(scalar)
 
 
-def _as_sequence(value: Any) -> Any:
+def as_sequence(value: Any) -> Any:
     """A tuple for a list, tuple or 1-d array (NumPy, or anything with ``__array__``); ``value`` otherwise.
 
     Size arguments may come as NumPy arrays (``np.array([8, 8, 3])``); they are
@@ -64,7 +64,7 @@ def _as_sequence(value: Any) -> Any:
 def int_tuple(value: Any, nd: int, name: str, minimum: int = 1) -> Tuple[int, ...]:
     """An int, a sequence of one int (for every axis, as brainstate allows), or a
     sequence of ``nd`` ints; each at least ``minimum``."""
-    seq = _as_sequence(value)
+    seq = as_sequence(value)
     if is_int(seq):
         values = (seq,) * nd
     elif isinstance(seq, tuple) and seq and all(is_int(v) for v in seq):
@@ -86,7 +86,7 @@ def _one_or(nd: int) -> str:
 
 def in_size(value: Any, nd: int, channel_first: bool) -> Tuple[int, ...]:
     layout = '(C, *spatial)' if channel_first else '(*spatial, C)'
-    seq = _as_sequence(value)
+    seq = as_sequence(value)
     if not isinstance(seq, tuple) or len(seq) != nd + 1:
         raise ValueError(f"in_size must be a sequence of {nd + 1} ints {layout} for a "
                          f"{nd}-d convolution, got {value!r}")
@@ -111,9 +111,9 @@ def padding(value: Any, nd: int) -> Padding:
                              f"or (low, high) pairs, got {value!r}")
         return upper
     pads = None
-    seq = _as_sequence(value)
+    seq = as_sequence(value)
     if isinstance(seq, tuple) and seq and not is_int(seq[0]):
-        seq = tuple(_as_sequence(p) for p in seq)
+        seq = tuple(as_sequence(p) for p in seq)
     elif not isinstance(seq, tuple) and hasattr(value, '__array__') and np.ndim(value) == 2:
         seq = tuple(tuple(p) for p in np.asarray(value).tolist())  # an (nd, 2) array of pairs
     if is_int(seq):
