@@ -125,11 +125,27 @@ def test_conv_transpose_int_padding_recipe(k, s, d):
         with lenient_promotion():
             theirs = nn.ConvTranspose1d((4, 2), 3, k, stride=s, padding=q, rhs_dilation=d, w_init=seeded(q))
         lo = span - 1 - q
-        if lo < 0:  # beyond the span brainstate pads zeros on both sides: no adjoint has that
+        w = np.asarray(theirs.weight.value['weight'])
+        if lo >= 0:
+            ours = brainconv.ConvTranspose1d((4, 2), 3, k, stride=s, padding=lo, rhs_dilation=d, w_init=w)
+            compare(theirs, ours)
             continue
-        ours = brainconv.ConvTranspose1d((4, 2), 3, k, stride=s, padding=lo, rhs_dilation=d,
-                                         w_init=np.asarray(theirs.weight.value['weight']))
-        compare(theirs, ours)
+        # Beyond the span brainstate's outer outputs read only padding: padding=0, then pad the output.
+        ours = brainconv.ConvTranspose1d((4, 2), 3, k, stride=s, padding=0, rhs_dilation=d, w_init=w)
+        x = init_array((2, 4, 2), seed=5)
+        with lenient_promotion():
+            expected = np.asarray(theirs(jnp.asarray(x)))
+        y = functional.pad(ours(x), ((-lo, -lo),))
+        np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_explicit_pairs_recipe():
+    """A pair (q_lo, q_hi) is (span - 1 - q_lo, span - 1 - q_hi); a negative high pad is output_padding."""
+    with lenient_promotion():
+        theirs = nn.ConvTranspose2d((3, 4, 2), 2, 3, stride=2, padding=((1, 3), (0, 1)), w_init=seeded(0))
+    ours = brainconv.ConvTranspose2d((3, 4, 2), 2, 3, stride=2, padding=((1, 0), (2, 1)), output_padding=(1, 0),
+                                     w_init=np.asarray(theirs.weight.value['weight']))
+    compare(theirs, ours)
 
 
 @pytest.mark.parametrize('k, s', [(2, 3), (1, 2), (3, 5)])

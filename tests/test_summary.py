@@ -153,8 +153,9 @@ def brainstate_net():
             nn.ScaledWSConv2d((10, 10, 3), 2, 2, padding='VALID', rhs_dilation=2, w_init=jax_init(w_init())),
             nn.ConvTranspose2d((8, 8, 2), 2, 2, stride=3, padding='VALID', w_init=jax_init(w_init())),
             nn.ReLU(),
-            nn.ConvTranspose2d((24, 24, 2), 1, 3, padding=1, w_init=jax_init(w_init())),
-            nn.Conv2d((24, 24, 1), 2, 3, lhs_dilation=2, padding=((1, 0), (2, 1)), w_init=jax_init(w_init())),
+            # pads of the stride-dilated input; 3 is more than the kernel span less one
+            nn.ConvTranspose2d((24, 24, 2), 1, 3, padding=(3, 1), w_init=jax_init(w_init())),
+            nn.Conv2d((28, 24, 1), 2, 3, lhs_dilation=2, padding=((1, 0), (2, 1)), w_init=jax_init(w_init())),
         )
 
 
