@@ -581,7 +581,11 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
         resolved ``(low, high)`` pads, dilations and groups; pooling rows
         their window.  Parameters are counted from the ``ParamState`` s (a
         state shared by two layers counts once); MACs per example follow
-        :func:`conv_macs` and :func:`dense_macs`.
+        :func:`conv_macs` and :func:`dense_macs`.  brainstate's own
+        convolution layers are read like brainconv's.  The footer (and
+        ``Summary.receptive_field``) gives the whole network's receptive
+        field exactly when :func:`receptive_field` would, and otherwise its
+        reason for refusing.
 
     Examples
     --------
