@@ -616,9 +616,9 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
 def receptive_field(layers: Any, in_size: Sequence[int] | None = None) -> ReceptiveField:
     """Receptive field of the last layer's output with respect to the first layer's input.
 
-    ``layers`` is a brainconv layer, a pooling layer, a sequence of them (with
-    element-wise layers in between if you like), or a Module holding them, as
-    for :func:`summary`.  Sizes are in input positions: ``size`` is how many
+    ``layers`` is a convolution layer (brainconv's or brainstate's), a pooling
+    layer, a sequence of them (with element-wise layers in between if you
+    like), or a Module holding them, as for :func:`summary`.  Sizes are in input positions: ``size`` is how many
     input positions one output position depends on, ``jump`` the input
     distance between neighbouring outputs, ``start`` the input coordinate of
     the centre of the first output's field.
