@@ -34,47 +34,75 @@ def num_spatial_dims(value: Any) -> int:
 
 
 def positive_int(value: Any, name: str) -> int:
-    if not is_int(value):
+    scalar = value if is_int(value) else as_sequence(value)  # a 0-d array becomes its scalar
+    if not is_int(scalar):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
+    if scalar < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return int(scalar)
+
+
+def as_sequence(value: Any) -> Any:
+    """A tuple for a list, tuple or 1-d array (NumPy, or anything with ``__array__``); ``value`` otherwise.
+
+    Size arguments may come as NumPy arrays (``np.array([8, 8, 3])``); they are
+    read as the sequence of their entries.  A 0-d array becomes its scalar.
+    """
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__array__'):
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception:  # an abstract tracer, say: leave it for the caller to refuse
+        return value
+    if array.ndim == 0:
+        return array[()]
+    return tuple(array.tolist()) if array.ndim == 1 else value
 
 
 def int_tuple(value: Any, nd: int, name: str, minimum: int = 1) -> Tuple[int, ...]:
-    """An int or a sequence of ``nd`` ints, each at least ``minimum``."""
-    if is_int(value):
-        values = (value,) * nd
-    elif isinstance(value, (tuple, list)) and all(is_int(v) for v in value):
-        if len(value) != nd:
-            raise ValueError(f"{name} must be an int or a sequence of {nd} ints "
+    """An int, a sequence of one int (for every axis, as brainstate allows), or a
+    sequence of ``nd`` ints; each at least ``minimum``."""
+    seq = as_sequence(value)
+    if is_int(seq):
+        values = (seq,) * nd
+    elif isinstance(seq, tuple) and seq and all(is_int(v) for v in seq):
+        if len(seq) not in (1, nd):
+            raise ValueError(f"{name} must be an int or a sequence of {_one_or(nd)} ints "
                              f"(one per spatial axis), got {value!r}")
-        values = tuple(value)
+        values = seq * nd if len(seq) == 1 else seq
     else:
-        raise TypeError(f"{name} must be an int or a sequence of {nd} ints, got {value!r}")
+        raise TypeError(f"{name} must be an int or a sequence of {_one_or(nd)} ints, got {value!r}")
     if any(v < minimum for v in values):
         raise ValueError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}"
                          f" on every axis, got {value!r}")
     return tuple(int(v) for v in values)
 
 
+def _one_or(nd: int) -> str:
+    return str(nd) if nd == 1 else f'1 or {nd}'
+
+
 def in_size(value: Any, nd: int, channel_first: bool) -> Tuple[int, ...]:
     layout = '(C, *spatial)' if channel_first else '(*spatial, C)'
-    if not isinstance(value, (tuple, list)) or len(value) != nd + 1:
+    seq = as_sequence(value)
+    if not isinstance(seq, tuple) or len(seq) != nd + 1:
         raise ValueError(f"in_size must be a sequence of {nd + 1} ints {layout} for a "
                          f"{nd}-d convolution, got {value!r}")
-    if not all(is_int(v) for v in value):
+    if not all(is_int(v) for v in seq):
         raise TypeError(f"in_size must hold ints, got {value!r}")
-    if any(v < 1 for v in value):
+    if any(v < 1 for v in seq):
         raise ValueError(f"in_size entries must be positive, got {value!r}")
-    return tuple(int(v) for v in value)
+    return tuple(int(v) for v in seq)
 
 
 def padding(value: Any, nd: int) -> Padding:
     """An upper-case padding string, or one ``(low, high)`` pair per axis.
 
-    Accepts a string (any case); an int; one int per axis; one pair per axis;
-    a single pair for every axis (for 1-d also a bare ``(low, high)``).
+    Accepts a string (any case); an int; one int per axis, or a sequence of
+    one int for every axis; one pair per axis; a single pair for every axis
+    (for 1-d also a bare ``(low, high)``).  Sequences may be NumPy arrays.
     """
     if isinstance(value, str):
         upper = value.upper()
@@ -83,22 +111,27 @@ def padding(value: Any, nd: int) -> Padding:
                              f"or (low, high) pairs, got {value!r}")
         return upper
     pads = None
-    if is_int(value):
-        pads = ((value, value),) * nd
-    elif isinstance(value, (tuple, list)) and len(value) > 0:
-        if all(is_int(v) for v in value):
-            if nd == 1 and len(value) == 2:
-                pads = ((value[0], value[1]),)
-            elif len(value) == nd:
-                pads = tuple((v, v) for v in value)
-        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(is_int(v) for v in p) for p in value):
-            if len(value) == 1:
-                pads = (tuple(value[0]),) * nd
-            elif len(value) == nd:
-                pads = tuple(tuple(p) for p in value)
+    seq = as_sequence(value)
+    if isinstance(seq, tuple) and seq and not is_int(seq[0]):
+        seq = tuple(as_sequence(p) for p in seq)
+    elif not isinstance(seq, tuple) and hasattr(value, '__array__') and np.ndim(value) == 2:
+        seq = tuple(tuple(p) for p in np.asarray(value).tolist())  # an (nd, 2) array of pairs
+    if is_int(seq):
+        pads = ((seq, seq),) * nd
+    elif isinstance(seq, tuple) and len(seq) > 0:
+        if all(is_int(v) for v in seq):
+            if nd == 1 and len(seq) == 2:
+                pads = ((seq[0], seq[1]),)
+            elif len(seq) in (1, nd):  # one int for every axis, or one per axis
+                pads = tuple((v, v) for v in seq) * (nd if len(seq) == 1 else 1)
+        elif all(isinstance(p, tuple) and len(p) == 2 and all(is_int(v) for v in p) for p in seq):
+            if len(seq) == 1:
+                pads = seq * nd
+            elif len(seq) == nd:
+                pads = seq
     if pads is None:
-        raise ValueError(f"padding must be a string in {PADDING_STRINGS}, an int, {nd} ints, "
-                         f"or {nd} (low, high) pairs, got {value!r}")
+        raise ValueError(f"padding must be a string in {PADDING_STRINGS}, an int, {_one_or(nd)} ints, "
+                         f"or {_one_or(nd)} (low, high) pairs, got {value!r}")
     if any(v < 0 for p in pads for v in p):
         raise ValueError(f"padding must be non-negative, got {value!r}")
     return tuple((int(lo), int(hi)) for lo, hi in pads)
@@ -177,6 +210,13 @@ def init_shape(shape: Sequence[int], expected: Sequence[int], name: str, broadca
     """An initializer must give ``expected``; an array may also broadcast to it."""
     if tuple(shape) != tuple(expected) and not (broadcast and _broadcasts_to(shape, expected)):
         raise ValueError(f"{name} must give an array of shape {tuple(expected)}, got shape {tuple(shape)}")
+
+
+def dtype_of(x: Any) -> np.dtype:
+    """The dtype of ``x`` as the user gave it (an int64 NumPy array stays int64, where
+    ``jnp.result_type`` would already report JAX's default int32)."""
+    dtype = getattr(x, 'dtype', None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
 
 
 def input_array(shape: Sequence[int], dtype: Any, in_size: Sequence[int], layer: str) -> int:

@@ -31,14 +31,18 @@ def product(a: u.Unit | None, b: u.Unit | None) -> u.Unit | None:
 
 
 def bias_mantissa(bias: Any, out_unit: u.Unit | None, layer: str) -> Any:
-    """The bias as a plain array in ``out_unit``; TypeError if the units disagree."""
+    """The bias as a plain array in ``out_unit``; TypeError, saying how to fix it, if the units disagree."""
     b, b_unit = split(bias)
     if b_unit is None and out_unit is None:
         return b
-    if b_unit is None or out_unit is None or not b_unit.has_same_dim(out_unit):
-        raise TypeError(f"{layer}: the bias unit {_name(b_unit)} does not match the output unit "
-                        f"{_name(out_unit)} (unit of the input times unit of the weight)")
-    return bias.to_decimal(out_unit)
+    if b_unit is not None and out_unit is not None and b_unit.has_same_dim(out_unit):
+        return bias.to_decimal(out_unit)
+    if out_unit is None:
+        fix = "give b_init no unit, or give the input or the weights a unit"
+    else:
+        fix = f"give b_init that unit, e.g. b_init=braintools.init.ZeroInit(unit={_code(out_unit)})"
+    raise TypeError(f"{layer}: the bias unit {_name(b_unit)} does not match the output unit "
+                    f"{_name(out_unit)} (unit of the input times unit of the weight); {fix}")
 
 
 def attach(y: Any, unit: u.Unit | None) -> Any:
@@ -67,3 +71,9 @@ def mantissa_in(x: Any, unit: u.Unit | None, what: str) -> Any:
         raise TypeError(f"{what} has unit {_name(x_unit)} but the state holds {_name(unit)}; "
                         f"pass the unit to init_state(unit=...)")
     return x.to_decimal(unit)
+
+
+def _code(unit: u.Unit) -> str:
+    """How to write ``unit`` in code: ``u.mV`` when brainunit has that name."""
+    name = str(unit)
+    return f'u.{name}' if name.isidentifier() and isinstance(getattr(u, name, None), u.Unit) else f'<{name}>'

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _args
+from . import _args, _units
 from . import lowering as _lowering
 from .shapes import ConvGeometry, Padding, Pads, transpose_as_conv
 
@@ -59,14 +59,16 @@ def pad(x: Any, pads: Pads, mode: str = 'ZEROS', *, channel_first: bool = False)
     """Pad the spatial axes of ``x`` by ``pads``, one ``(low, high)`` pair per axis.
 
     ``mode``: 'ZEROS', 'REFLECT' (1234 -> 32123432), 'REPLICATE' (11123444) or
-    'CIRCULAR' (34123412); torch's lower-case names are accepted too.
+    'CIRCULAR' (34123412); torch's lower-case names are accepted too.  A
+    brainunit Quantity stays one, in its unit.
     """
     mode = _args.padding_mode(mode)
+    x, unit = _units.split(x)
     x = jnp.asarray(x)
     widths = [(0, 0)] * x.ndim
     for axis, p in zip(_spatial_axes(x.ndim, len(pads), channel_first), pads):
         widths[axis] = tuple(p)
-    return jnp.pad(x, widths, mode=_JNP_MODE[mode])
+    return _units.attach(jnp.pad(x, widths, mode=_JNP_MODE[mode]), unit)
 
 
 def _channels(x: jax.Array, channel_first: bool) -> int:
@@ -188,16 +190,20 @@ def conv(
 ) -> jax.Array:
     """N-d convolution of ``x`` with ``kernel`` of shape ``(*kernel_size, C_in // groups, C_out)``.
 
-    The arguments mean what they mean for :class:`brainconv.Conv`.
+    The arguments mean what they mean for :class:`brainconv.Conv`.  ``x`` and
+    ``kernel`` may be brainunit Quantities, as for the layers: the result is in
+    unit(x) * unit(kernel).
     """
+    (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
     nd = jnp.ndim(kernel) - 2
     spec = _args.conv_spec(nd, _in_size(x, nd), kernel.shape[nd + 1], kernel.shape[:nd], stride, padding,
                            lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
-    return _with_batch(
+    y = _with_batch(
         lambda b: conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first, precision,
                                 lowering),
         x, nd + 1)
+    return _units.attach(y, _units.product(x_unit, k_unit))
 
 
 def conv_transpose(
@@ -208,13 +214,15 @@ def conv_transpose(
 ) -> jax.Array:
     """N-d transposed convolution with ``kernel`` of shape ``(*kernel_size, C_out, C_in // groups)``.
 
-    The arguments mean what they mean for :class:`brainconv.ConvTranspose`.
+    The arguments mean what they mean for :class:`brainconv.ConvTranspose`; units as for :func:`conv`.
     """
+    (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
     nd = jnp.ndim(kernel) - 2
     spec = _args.conv_transpose_spec(nd, _in_size(x, nd), kernel.shape[nd], kernel.shape[:nd], stride, padding,
                                      rhs_dilation, groups, output_padding, padding_mode, channel_first)
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
-    return _with_batch(
+    y = _with_batch(
         lambda b: conv_transpose_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode,
                                           channel_first, precision, lowering),
         x, nd + 1)
+    return _units.attach(y, _units.product(x_unit, k_unit))

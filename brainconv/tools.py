@@ -1,9 +1,9 @@
 """Shape, parameter and receptive-field tables of a network, without running it.
 
 :func:`summary` walks a brainstate Module tree (a ``brainstate.nn.Sequential``
-or any Module holding brainconv layers beside brainstate's own pooling,
-Flatten, Linear, normalisation and activation layers) and reads what every
-layer already knows: its ``in_size`` and ``out_size``, its resolved geometry,
+or any Module holding brainconv layers beside brainstate's own convolution,
+pooling, Flatten, Linear, normalisation and activation layers) and reads what
+every layer already knows: its ``in_size`` and ``out_size``, its resolved geometry,
 its parameter states.  Nothing is traced or run.  :func:`receptive_field`
 gives the receptive field of a stack of convolution and pooling layers.
 
@@ -36,12 +36,20 @@ import brainstate
 import jax
 import numpy as np
 
-from ._args import ConvSpec
+from ._args import ConvSpec, as_sequence
 from .layers import Conv, ConvTranspose
 from .local import LocalConv
 from .recurrent import _ConvRNNCell
 from .separable import SeparableConv
-from .shapes import ConvGeometry, ReceptiveField, conv_geometry, receptive_field_step
+from .shapes import (
+    ConvGeometry,
+    Pads,
+    ReceptiveField,
+    conv_geometry,
+    conv_transpose_geometry,
+    kernel_span,
+    receptive_field_step,
+)
 from .streaming import StreamingConv
 
 __all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'layer_macs', 'dense_macs']
@@ -67,10 +75,14 @@ _POOLS = _classes('MaxPool1d', 'MaxPool2d', 'MaxPool3d', 'AvgPool1d', 'AvgPool2d
 _DENSE = _classes('Linear', 'ScaledWSLinear', 'SignedWLinear')
 # Layers that act on each position on its own (as far as receptive fields go):
 # activations, dropout, normalisation, neuron dynamics.
-# brainconv layers with a ``spec`` whose geometry is their window (SeparableConv: its depthwise step's).
-_CONVS = (Conv, ConvTranspose, LocalConv, SeparableConv)
 _POINTWISE = _classes('ElementWiseBlock', 'BatchNorm0d', 'BatchNorm1d', 'BatchNorm2d', 'BatchNorm3d',
                       'LayerNorm', 'RMSNorm', 'GroupNorm', 'Dynamics')
+# brainstate's own convolution layers, read through their attributes (see _brainstate_spec).
+_BS_CONVS = _classes('Conv1d', 'Conv2d', 'Conv3d', 'ScaledWSConv1d', 'ScaledWSConv2d', 'ScaledWSConv3d')
+_BS_TRANSPOSES = _classes('ConvTranspose1d', 'ConvTranspose2d', 'ConvTranspose3d')
+# brainconv layers with a ``spec`` whose geometry is their window (SeparableConv: its depthwise step's).
+_OWN_CONVS = (Conv, ConvTranspose, LocalConv, SeparableConv)
+_CONVS = _OWN_CONVS + _BS_CONVS + _BS_TRANSPOSES
 
 
 def conv_macs(spec: ConvSpec) -> int:
@@ -159,11 +171,15 @@ class Summary:
     """
 
     def __init__(self, rows: Sequence[LayerSummary], in_size: Size | None, out_size: Size | None,
-                 param_bytes: int):
+                 param_bytes: int, receptive_field: ReceptiveField | None = None,
+                 receptive_field_error: str | None = None):
         self.rows: Tuple[LayerSummary, ...] = tuple(rows)
         self.in_size = in_size
         self.out_size = out_size
         self.param_bytes = param_bytes
+        self._receptive_field = receptive_field
+        #: Why the whole network has no receptive field: the message :func:`receptive_field` raises.
+        self.receptive_field_error = receptive_field_error
 
     @property
     def total_params(self) -> int:
@@ -177,9 +193,9 @@ class Summary:
 
     @property
     def receptive_field(self) -> ReceptiveField | None:
-        """The receptive field of the last row that has one."""
-        fields = [r.receptive_field for r in self.rows if r.receptive_field is not None]
-        return fields[-1] if fields else None
+        """The receptive field of the whole network, as :func:`receptive_field` gives it;
+        None where that raises (the reason is in ``receptive_field_error``)."""
+        return self._receptive_field
 
     def to_rows(self) -> List[Dict[str, Any]]:
         """One dict of plain values per row (see :meth:`LayerSummary.to_dict`)."""
@@ -224,6 +240,9 @@ class Summary:
         rf = self.receptive_field
         if rf is not None:
             lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
+        elif any(r.receptive_field is not None for r in self.rows):  # only rows up to some layer have one
+            lines.append(f'Receptive field: none for the whole network ({self.receptive_field_error}); '
+                         f'see the RF columns for each layer')
         return lines
 
     def __str__(self) -> str:
@@ -376,6 +395,62 @@ def _pool_geometry(layer: Any, in_size: Size) -> Tuple[ConvGeometry, Tuple[int, 
     return geometry, pooled
 
 
+def _lax_transpose_pads(span: int, s: int, padding: str) -> Tuple[int, int]:
+    """The pads of the stride-dilated input that ``jax.lax.conv_transpose`` (and
+    brainstate's ConvTranspose) use for 'SAME' or 'VALID', on one axis."""
+    if padding == 'SAME':
+        total = span + s - 2
+        low = span - 1 if s > span - 1 else -(-total // 2)
+    elif padding == 'VALID':
+        total = span + s - 2 + max(span - s, 0)
+        low = span - 1
+    else:
+        raise ValueError(f"padding {padding!r}")
+    return low, total - low
+
+
+def _brainstate_spec(layer: Any) -> ConvSpec | None:
+    """A brainstate convolution layer as the brainconv ConvSpec that computes the same thing.
+
+    A brainstate Conv's 'SAME', 'VALID' and pairs mean what they mean here.  A
+    brainstate ConvTranspose runs a stride-1 convolution of its stride-dilated
+    input with the flipped kernel and pads ``(q_lo, q_hi)`` (for 'SAME' and
+    'VALID' those of ``jax.lax.conv_transpose``; given pairs as they are): that
+    is brainconv's ConvTranspose with pads ``span - 1 - q`` and, where that
+    would make the high pad negative, the rest as output_padding.  None when
+    the layer's attributes do not give its own ``out_size`` (a brainstate
+    version with other meanings): its row then shows no geometry.
+    """
+    try:
+        nd = int(layer.num_spatial_dims)
+        size = tuple(int(v) for v in layer.in_size)
+        cf = bool(layer.channel_first)
+        cin, spatial = (size[0], size[1:]) if cf else (size[-1], size[:-1])
+        k, s, rd = (tuple(int(v) for v in getattr(layer, a)) for a in ('kernel_size', 'stride', 'rhs_dilation'))
+        padding = layer.padding
+        if not isinstance(padding, str):
+            padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+        if isinstance(layer, _BS_TRANSPOSES):
+            lax_pads = (tuple(_lax_transpose_pads(kernel_span(kk, d), ss, padding) for kk, ss, d in zip(k, s, rd))
+                        if isinstance(padding, str) else padding)
+            pads: Pads = ()
+            output_padding: Tuple[int, ...] = ()
+            for (q_lo, q_hi), kk, d in zip(lax_pads, k, rd):
+                span = kernel_span(kk, d)
+                pads += ((span - 1 - q_lo, max(span - 1 - q_hi, 0)),)
+                output_padding += (max(q_hi - (span - 1), 0),)
+            geometry = conv_transpose_geometry(spatial, k, s, pads, rd, output_padding)
+            padding = pads
+        else:
+            geometry = conv_geometry(spatial, k, s, padding, tuple(int(v) for v in layer.lhs_dilation), rd)
+        spec = ConvSpec(size, cin, int(layer.out_channels), int(layer.groups), padding, 'ZEROS', cf, geometry)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if geometry.num_spatial_dims != nd or spec.out_size != tuple(layer.out_size):
+        return None
+    return spec
+
+
 class _Walk:
     """Rows of a module tree, with the receptive field carried along the chain."""
 
@@ -419,6 +494,15 @@ class _Walk:
                 self.param_bytes += nbytes
         return total
 
+    def network_receptive_field(self) -> ReceptiveField:
+        """The receptive field of the whole chain; ValueError saying why when it has none."""
+        if self.rf_ended_by is not None:
+            raise ValueError(f"the receptive field is not defined through this chain: {self.rf_ended_by}")
+        if self.rf is None:
+            raise ValueError("layers must include at least one convolution or pooling layer, got "
+                             f"{[r.type for r in self.rows]}")
+        return self.rf
+
     def _end_rf(self, reason: str) -> None:
         if self.rf_ended_by is None:
             self.rf_ended_by = reason
@@ -449,10 +533,18 @@ class _Walk:
         row = LayerSummary(path, name if shared is None else f'{name} (shared with {shared})', in_size, None,
                            params=self._params(layer))
         if isinstance(layer, _CONVS):
-            g = layer.spec.geometry
-            row = replace(row, out_size=tuple(layer.out_size), macs=layer_macs(layer), kernel_size=g.kernel_size,
-                          stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation,
-                          groups=layer.groups, receptive_field=self._step_rf(g, where))
+            own = isinstance(layer, _OWN_CONVS)
+            spec = layer.spec if own else _brainstate_spec(layer)
+            if spec is None:
+                row = replace(row, out_size=tuple(layer.out_size), macs=None)
+                self._end_rf(f"{where}: its geometry could not be read")
+            else:
+                g = spec.geometry
+                row = replace(row, out_size=tuple(layer.out_size) if own else spec.out_size,
+                              macs=layer_macs(layer) if own else conv_macs(spec), kernel_size=g.kernel_size,
+                              stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation,
+                              lhs_dilation=g.lhs_dilation, groups=spec.groups,
+                              receptive_field=self._step_rf(g, where))
         elif isinstance(layer, StreamingConv):
             g = layer.conv.spec.geometry
             row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.window_spec),
@@ -507,12 +599,14 @@ class _Walk:
 
 
 def _size_arg(value: Any) -> Size:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value,)
-    if (not isinstance(value, (tuple, list)) or not value
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)):
+    seq = as_sequence(value)  # NumPy arrays too
+    if isinstance(seq, (int, np.integer)) and not isinstance(seq, (bool, np.bool_)):
+        seq = (seq,)
+    if (not isinstance(seq, tuple) or not seq
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0
+                       for v in seq)):
         raise ValueError(f"in_size must be a sequence of positive ints (no batch axis), got {value!r}")
-    return tuple(int(v) for v in value)
+    return tuple(int(v) for v in seq)
 
 
 def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
@@ -537,7 +631,11 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
         resolved ``(low, high)`` pads, dilations and groups; pooling rows
         their window.  Parameters are counted from the ``ParamState`` s (a
         state shared by two layers counts once); MACs per example follow
-        :func:`conv_macs` and :func:`dense_macs`.
+        :func:`conv_macs` and :func:`dense_macs`.  brainstate's own
+        convolution layers are read like brainconv's.  The footer (and
+        ``Summary.receptive_field``) gives the whole network's receptive
+        field exactly when :func:`receptive_field` would, and otherwise its
+        reason for refusing.
 
     Examples
     --------
@@ -557,16 +655,20 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
     ((4, 4), (2, 2))
     """
     walk = _Walk(model, in_size)
+    try:
+        rf, why = walk.network_receptive_field(), None
+    except ValueError as e:
+        rf, why = None, str(e)
     return Summary(walk.rows, walk.in_size or (walk.rows[0].in_size if walk.rows else None), walk.cur,
-                   walk.param_bytes)
+                   walk.param_bytes, rf, why)
 
 
 def receptive_field(layers: Any, in_size: Sequence[int] | None = None) -> ReceptiveField:
     """Receptive field of the last layer's output with respect to the first layer's input.
 
-    ``layers`` is a brainconv layer, a pooling layer, a sequence of them (with
-    element-wise layers in between if you like), or a Module holding them, as
-    for :func:`summary`.  Sizes are in input positions: ``size`` is how many
+    ``layers`` is a convolution layer (brainconv's or brainstate's), a pooling
+    layer, a sequence of them (with element-wise layers in between if you
+    like), or a Module holding them, as for :func:`summary`.  Sizes are in input positions: ``size`` is how many
     input positions one output position depends on, ``jump`` the input
     distance between neighbouring outputs, ``start`` the input coordinate of
     the centre of the first output's field.
@@ -586,10 +688,4 @@ def receptive_field(layers: Any, in_size: Sequence[int] | None = None) -> Recept
     >>> [int(v) for v in rf.size + rf.jump + rf.start]
     [13, 2, 1]
     """
-    walk = _Walk(layers, in_size)
-    if walk.rf_ended_by is not None:
-        raise ValueError(f"the receptive field is not defined through this chain: {walk.rf_ended_by}")
-    if walk.rf is None:
-        raise ValueError("layers must include at least one convolution or pooling layer, got "
-                         f"{[r.type for r in walk.rows]}")
-    return walk.rf
+    return _Walk(layers, in_size).network_receptive_field()

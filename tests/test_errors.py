@@ -2,6 +2,9 @@
 
 import re
 
+import _reference as ref
+import braintools
+import brainunit as u
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -28,11 +31,19 @@ def conv2d(**overrides):
     (dict(out_channels=0), ValueError, r"out_channels must be a positive int, got 0"),
     (dict(out_channels=2.5), TypeError, r"out_channels must be a positive int, got 2.5"),
     (dict(kernel_size=0), ValueError, r"kernel_size must be positive on every axis, got 0"),
-    (dict(kernel_size=(3, 3, 3)), ValueError, r"kernel_size must be an int or a sequence of 2 ints .*\(3, 3, 3\)"),
-    (dict(kernel_size='3'), TypeError, r"kernel_size must be an int or a sequence of 2 ints, got '3'"),
+    (dict(kernel_size=(3, 3, 3)), ValueError,
+     r"kernel_size must be an int or a sequence of 1 or 2 ints .*\(3, 3, 3\)"),
+    (dict(kernel_size='3'), TypeError, r"kernel_size must be an int or a sequence of 1 or 2 ints, got '3'"),
+    (dict(kernel_size=()), TypeError, r"kernel_size must be an int or a sequence of 1 or 2 ints, got \(\)"),
+    (dict(kernel_size=np.array([3.0, 3.0])), TypeError, r"kernel_size .* got array\(\[3., 3.\]\)"),
     (dict(stride=(1, 0)), ValueError, r"stride must be positive on every axis, got \(1, 0\)"),
     (dict(lhs_dilation=-1), ValueError, r"lhs_dilation must be positive on every axis, got -1"),
-    (dict(rhs_dilation=(2,)), ValueError, r"rhs_dilation must be an int or a sequence of 2 ints .*\(2,\)"),
+    (dict(rhs_dilation=(2, 2, 2)), ValueError, r"rhs_dilation must be an int or a sequence of 1 or 2 ints .*"),
+    (dict(in_size=np.array([8.0, 8.0, 4.0])), TypeError, r"in_size must hold ints, got array\(\[8., 8., 4.\]\)"),
+    (dict(in_size=np.array([8, 8])), ValueError, r"in_size must be a sequence of 3 ints .*array\(\[8, 8\]\)"),
+    (dict(out_channels=np.array([6, 6])), TypeError, r"out_channels must be a positive int, got array"),
+    (dict(padding=[]), ValueError, r"padding must be .*1 or 2 ints, or 1 or 2 \(low, high\) pairs, got \[\]"),
+    (dict(padding=(1.5, 2.5)), ValueError, r"padding must be .* got \(1.5, 2.5\)"),
     (dict(groups=0), ValueError, r"groups must be a positive int, got 0"),
     (dict(groups=3), ValueError, r"groups must divide in_channels 4, got groups=3"),
     (dict(groups=4), ValueError, r"groups must divide out_channels 6, got groups=4"),
@@ -98,6 +109,9 @@ def test_call_time_errors_leave_the_layer_unchanged():
     _call_error(layer, jnp.ones((2, 8, 8, 4), jnp.int32), TypeError,
                 r"Conv2d expects a floating-point input, got dtype int32")
     _call_error(layer, jnp.ones((8, 8, 4), bool), TypeError, r"got dtype bool")
+    # The dtype the user passed, not the one JAX would turn it into.
+    _call_error(layer, np.ones((2, 8, 8, 4), np.int64), TypeError, r"got dtype int64")
+    _call_error(layer, np.ones((8, 8, 4), np.uint8), TypeError, r"got dtype uint8")
     # The layer still works afterwards.
     assert layer(jnp.ones((8, 8, 4))).shape == (8, 8, 6)
 
@@ -112,3 +126,34 @@ def test_functional_errors():
         functional.pad(x, ((1, 1),), 'mirror')
     with pytest.raises(ValueError, match=r"x must have at least 2 axes"):
         functional.conv(jnp.ones((6,)), jnp.asarray(init_array((3, 1, 4))))
+
+
+def test_a_bias_without_the_output_unit_says_how_to_fix_it():
+    x = u.Quantity(np.ones((6, 2), np.float32), unit=u.mV)
+    layer = brainconv.Conv1d((6, 2), 3, 3, w_init=W, b_init=np.zeros((1, 3), np.float32))
+    _call_error(layer, x, TypeError, re.escape(
+        "Conv1d: the bias unit dimensionless (no unit) does not match the output unit 'mV' (unit of the input "
+        "times unit of the weight); give b_init that unit, e.g. b_init=braintools.init.ZeroInit(unit=u.mV)"))
+    layer = brainconv.Conv1d((6, 2), 3, 3, w_init=W, b_init=braintools.init.ZeroInit(unit=u.mV))
+    assert layer(x).unit == u.mV  # the fix the message gives works
+    with_unit = brainconv.Conv1d((6, 2), 3, 3, w_init=W, b_init=braintools.init.ZeroInit(unit=u.mV))
+    with pytest.raises(TypeError, match=r"give b_init no unit, or give the input or the weights a unit"):
+        with_unit(np.ones((6, 2), np.float32))
+
+
+def test_functional_takes_quantities_as_the_layers_do():
+    """Once a TypeError that printed the whole array; now unit(x) * unit(kernel)."""
+    x = init_array((2, 7, 2), seed=1)
+    w = init_array((3, 2, 4), seed=2)
+    y = functional.conv(u.Quantity(x, unit=u.mV), u.Quantity(w, unit=u.mS), stride=2)
+    assert isinstance(y, u.Quantity) and y.unit.has_same_dim(u.mV * u.mS)
+    expected = ref.conv(x, w, (2,), ((1, 1),), (1,), (1,), 1)
+    np.testing.assert_allclose(np.asarray(y.to_decimal(u.mV * u.mS)), expected, rtol=1e-5, atol=1e-6)
+    z = functional.conv_transpose(u.Quantity(x, unit=u.mV), w.transpose(0, 2, 1), padding='VALID')
+    assert isinstance(z, u.Quantity) and z.unit == u.mV
+    np.testing.assert_allclose(np.asarray(z.mantissa), ref.conv_transpose(x, w.transpose(0, 2, 1), (1,), ((0, 0),),
+                                                                           (9,), (1,), 1), rtol=1e-5, atol=1e-6)
+    padded = functional.pad(u.Quantity(x, unit=u.mV), ((1, 2),), 'REPLICATE')
+    assert padded.unit == u.mV
+    np.testing.assert_array_equal(np.asarray(padded.mantissa), np.pad(x, ((0, 0), (1, 2), (0, 0)), mode='edge'))
+    assert not isinstance(functional.conv(x, w), u.Quantity)

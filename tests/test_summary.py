@@ -31,6 +31,15 @@ def ones(shape):
     return np.ones(shape, np.float32)
 
 
+def jax_init(init):
+    """brainstate's layers want JAX arrays (its weight standardisation fails on NumPy ones)."""
+    return lambda shape: jnp.asarray(init(shape))
+
+
+BS_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ScaledWSConv1d, nn.ScaledWSConv2d, nn.ScaledWSConv3d)
+BS_TRANSPOSES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def bias(shape):
     return np.full(shape, 0.01, np.float32)
 
@@ -58,10 +67,10 @@ def macs_from_run(layer, x, y):
     transposed convolution: once per input position; a dense layer: once per
     leading position.  Everything else: zero.
     """
-    if isinstance(layer, (brainconv.Conv, brainconv.ConvTranspose)):
+    if isinstance(layer, (brainconv.Conv, brainconv.ConvTranspose) + BS_CONVS + BS_TRANSPOSES):
         kernel = np.asarray(layer.weight.value['weight'])
         nd = layer.num_spatial_dims
-        side = x if isinstance(layer, brainconv.ConvTranspose) else y
+        side = x if isinstance(layer, (brainconv.ConvTranspose,) + BS_TRANSPOSES) else y
         spatial = side.shape[2:] if layer.channel_first else side.shape[1:1 + nd]
         return kernel.size * math.prod(spatial)
     if isinstance(layer, nn.Linear):
@@ -134,7 +143,24 @@ def volume_net():
     )
 
 
+def brainstate_net():
+    """brainconv layers mixed with brainstate's own, every kind and padding meaning."""
+    with lenient_promotion():
+        return nn.Sequential(
+            brainconv.Conv2d((10, 9, 2), 4, 3, w_init=w_init()),
+            nn.Conv2d((10, 9, 4), 4, [3], stride=2, groups=2, w_init=jax_init(w_init()), b_init=jax_init(bias)),
+            nn.ConvTranspose2d((5, 5, 4), 3, 3, stride=2, w_init=jax_init(w_init())),
+            nn.ScaledWSConv2d((10, 10, 3), 2, 2, padding='VALID', rhs_dilation=2, w_init=jax_init(w_init())),
+            nn.ConvTranspose2d((8, 8, 2), 2, 2, stride=3, padding='VALID', w_init=jax_init(w_init())),
+            nn.ReLU(),
+            # pads of the stride-dilated input; 3 is more than the kernel span less one
+            nn.ConvTranspose2d((24, 24, 2), 1, 3, padding=(3, 1), w_init=jax_init(w_init())),
+            nn.Conv2d((28, 24, 1), 2, 3, lhs_dilation=2, padding=((1, 0), (2, 1)), w_init=jax_init(w_init())),
+        )
+
+
 @pytest.mark.parametrize('make, in_shape', [
+    (brainstate_net, (10, 9, 2)),
     (vision_net, (12, 12, 1)),
     (channel_first_net, (2, 9, 7)),
     (decoder_net, (16, 2)),
@@ -311,6 +337,13 @@ def test_receptive_field_is_the_gradient_support(chain):
     assert checked > 0
 
 
+RF_CHAINS['brainstate layers'] = lambda: [
+    nn.Conv2d((24, 24, 1), 2, (3, 5), stride=(2, 1), w_init=jax_init(ones)),
+    brainconv.Conv2d((12, 24, 2), 2, 3, rhs_dilation=2, padding='VALID', w_init=ones),
+    nn.ScaledWSConv2d((8, 20, 2), 1, 2, stride=2, padding=((1, 0), (0, 1)), w_init=jax_init(w_init())),
+]
+
+
 def test_receptive_field_recurrence_by_hand():
     # k=3 (SAME), then k=3 stride 2 (SAME: pads (0, 1)), then k=3 dilated by 2.
     rf = brainconv.receptive_field([
@@ -329,7 +362,8 @@ def test_summary_receptive_field_column_matches_receptive_field():
     assert s.rows[6].receptive_field == brainconv.receptive_field(net.layers[:7])
     assert s.rows[0].receptive_field == brainconv.receptive_field(net.layers[0])
     assert s.rows[7].receptive_field is None and s.rows[8].receptive_field is None
-    assert s.receptive_field == s.rows[6].receptive_field
+    # The network as a whole has none: Flatten mixes all positions.
+    assert s.receptive_field is None and 'layers.7 (Flatten)' in s.receptive_field_error
 
 
 def test_receptive_field_errors():
@@ -412,3 +446,76 @@ def test_rows_for_pandas():
     assert list(df['path']) == [r.path for r in s.rows]
     assert df['params'].sum() == s.total_params
     assert df['rf_jump'].iloc[1] == (1,) and df['rf_jump'].iloc[2] == (1 / 3,)
+
+
+# --- brainstate's own convolution layers -------------------------------------------------------
+
+@pytest.mark.parametrize('theirs, ours', [
+    # brainstate's arguments; brainconv's for the layer computing the same (docs/brainstate_differences.md)
+    (dict(kernel_size=3, stride=2), dict(kernel_size=3, stride=2)),
+    (dict(kernel_size=2, stride=3, padding='SAME', rhs_dilation=2), dict(kernel_size=2, stride=3, rhs_dilation=2)),
+    (dict(kernel_size=4, stride=2, padding='VALID'), dict(kernel_size=4, stride=2, padding='VALID')),
+    (dict(kernel_size=2, stride=3, padding='VALID'), dict(kernel_size=2, stride=3, padding='VALID',
+                                                          output_padding=1)),
+    (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=2, padding=1)),
+    (dict(kernel_size=3, stride=2, padding=((0, 2),)), dict(kernel_size=3, stride=2, padding=((2, 0),))),
+    (dict(kernel_size=3, stride=1, padding=2, groups=2), dict(kernel_size=3, stride=1, padding=0, groups=2)),
+])
+def test_a_brainstate_conv_transpose_reads_as_the_brainconv_layer_it_equals(theirs, ours):
+    with lenient_promotion():
+        bs = nn.ConvTranspose1d((6, 2), 2, **theirs, w_init=jax_init(w_init()))
+    bc = brainconv.ConvTranspose1d((6, 2), 2, **ours, w_init=np.asarray(bs.weight.value['weight']))
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 2)).astype(np.float32))
+    with lenient_promotion():
+        np.testing.assert_allclose(np.asarray(bc(x)), np.asarray(bs(x)), rtol=1e-5, atol=1e-5)
+    row_bs, row_bc = brainconv.summary(bs).rows[0], brainconv.summary(bc).rows[0]
+    assert row_bs.type == 'ConvTranspose1d' and row_bs.kernel_size == (theirs['kernel_size'],)
+    assert row_bs == row_bc  # sizes, geometry, parameters, MACs and receptive field
+    assert brainconv.receptive_field(bs) == brainconv.receptive_field(bc)
+
+
+def test_a_brainstate_layer_whose_geometry_does_not_add_up_is_not_guessed():
+    with lenient_promotion():
+        layer = nn.Conv1d((8, 2), 2, 3, w_init=jax_init(ones))
+    layer.out_size = (7, 2)  # as a brainstate version with other padding rules might say
+    s = brainconv.summary([brainconv.Conv1d((8, 2), 2, 3, w_init=ones), layer])
+    assert s.rows[1].out_size == (7, 2) and s.rows[1].macs is None and s.rows[1].kernel_size is None
+    assert s.rows[1].receptive_field is None and s.receptive_field is None
+    with pytest.raises(ValueError, match=r'1 \(Conv1d\): its geometry could not be read'):
+        brainconv.receptive_field([brainconv.Conv1d((8, 2), 2, 3, w_init=ones), layer])
+
+
+def _rf_text(rf):
+    """The footer's receptive-field line, written out here: binary fractions as decimals, others as n/d."""
+    def number(v):
+        if v.denominator == 1:
+            return str(int(v))
+        return str(float(v)) if v.denominator in (2, 4, 8) else f'{v.numerator}/{v.denominator}'
+
+    size, jump = ('x'.join(number(v) for v in values) for values in (rf.size, rf.jump))
+    return f"Receptive field: size {size}, jump {jump}, start ({', '.join(number(v) for v in rf.start)})"
+
+
+@pytest.mark.parametrize('make', [
+    vision_net, channel_first_net, volume_net, brainstate_net,
+    lambda: RF_CHAINS['brainstate layers'](),
+    lambda: [brainconv.Conv1d((8, 1), 1, 3, w_init=ones), nn.Flatten(in_size=(8, 1))],
+    lambda: [brainconv.Conv1d((8, 1), 1, 3, w_init=ones), brainconv.Conv1d((9, 1), 1, 3, w_init=ones)],
+    lambda: [nn.Flatten(in_size=(8, 1)), nn.Linear(8, 2, w_init=ones)],
+])
+def test_the_footer_says_what_receptive_field_says(make):
+    net = make()
+    s = brainconv.summary(net)
+    text = str(s)
+    try:
+        rf = brainconv.receptive_field(net)
+    except ValueError as e:
+        assert s.receptive_field is None and s.receptive_field_error == str(e)
+        assert 'Receptive field: size' not in text
+        if any(r.receptive_field is not None for r in s.rows):
+            assert str(e) in text
+        else:
+            assert 'Receptive field' not in text
+    else:
+        assert s.receptive_field == rf and s.receptive_field_error is None
+        assert text.splitlines()[-1] == _rf_text(rf)
