@@ -479,10 +479,16 @@ def _phased_weight_grad(weight_grad_fn: Callable, x, gy, g, groups, precision):
     belongs to at most one phase; one that reads only inserted zeros gets zero)."""
     _, plan = _phase_plan(g)
     dw = jnp.zeros(tuple(g.kernel_size) + (x.shape[-1] // groups, gy.shape[-1]), x.dtype)
+    zero = jnp.zeros((), x.dtype)
     for entry in plan:
         if entry is not None:
             taps, outs, sub = entry
-            dw = dw.at[taps].add(weight_grad_fn(x, gy[outs], sub, groups, precision))
+            block = weight_grad_fn(x, gy[outs], sub, groups, precision)
+            # the phase's taps are a strided sub-grid of the kernel: place the block there by
+            # (interior) padding -- a scatter here crashes XLA:CPU under second-order autodiff
+            config = [(t.start, k - 1 - (t.start + (n - 1) * t.step), t.step - 1)
+                      for t, k, n in zip(taps, g.kernel_size, block.shape)] + [(0, 0, 0)] * 2
+            dw = dw + lax.pad(block, zero, config)
     return dw
 
 
