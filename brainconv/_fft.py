@@ -1,0 +1,204 @@
+"""The FFT formulation (``'fft'``) of the core convolution, and when it pays.
+
+Same core convolution as every formulation in :mod:`brainconv.lowering`:
+channel-last ``x`` ``(N, *in_spatial, C_in)``, kernel ``(*kernel_size,
+C_in // groups, C_out)``, a non-transposed
+:class:`~brainconv.shapes.ConvGeometry` (pads possibly negative, window
+stride, lhs and rhs dilation), ``groups``.  Two functions:
+:func:`forward` ``(x, w) -> y`` and :func:`weight_grad` ``(x, gy) -> dw``;
+the input gradient is :func:`forward` of the adjoint geometry.
+
+How, per spatial axis:
+
+* the input is lhs-dilated and padded (negative pads crop) in one
+  ``lax.pad``, cut to the positions the window reads;
+* the stride ``s`` is taken out by *space-to-depth*: the padded input
+  ``xp[m * s + r]`` becomes ``s`` phases ``xs[m, r]`` and the (rhs-dilated,
+  zero-extended) kernel ``wd[q * s + r]`` becomes ``ws[q, r]``, so that
+  ``y[o] = sum_{q, r} xs[o + q, r] ws[q, r]``: a stride-1 correlation whose
+  channels are (phase, C_in).  Nothing is computed and thrown away;
+* that correlation is a product of real FFTs (``rfftn``) of a 5-smooth size
+  ``F >= M`` (M: phase-input length), which is enough: no output reads a
+  wrapped-around sample.  Per frequency the channels contract per group
+  (``(N, S * C_in/g) @ (S * C_in/g, C_out/g)``); a depthwise kernel is an
+  elementwise product.  The kernel gradient is the same correlation of the
+  input with the output gradient, summed over the batch per frequency.
+
+bf16/f16 are computed in float32 and cast back (float64 stays float64).  The
+frequency-domain contraction runs at ``precision`` (``HIGHEST`` when None:
+a TF32 product would cost far more than float32 rounding after an FFT).
+
+:func:`fft_wins` and :func:`taps_too_many` encode when ``'auto'`` should run
+this formulation, and when the per-tap unrolled ``'taps'`` stops paying;
+the numbers are in their docstrings and in ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .shapes import ConvGeometry, dilated_length, kernel_span
+
+__all__ = ['forward', 'weight_grad', 'fft_wins', 'taps_too_many', 'fast_size']
+
+
+def fast_size(n: int) -> int:
+    """The smallest ``2^a 3^b 5^c >= n`` (a length every FFT library runs fast)."""
+    n = int(n)
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _compute_dtype(dtype: Any) -> Any:
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+class _Plan:
+    """Per-axis sizes: kernel phases ``kq``, phase-input length ``m``, FFT size ``f``."""
+
+    def __init__(self, g: ConvGeometry):
+        self.g = g
+        self.nd = g.num_spatial_dims
+        self.span = [kernel_span(k, d) for k, d in zip(g.kernel_size, g.rhs_dilation)]
+        self.kq = [-(-sp // s) for sp, s in zip(self.span, g.stride)]
+        self.m = [o + kq - 1 for o, kq in zip(g.out_spatial, self.kq)]
+        self.f = [fast_size(m) for m in self.m]
+        self.phases = math.prod(g.stride)
+
+    def fft(self, a: jax.Array) -> jax.Array:
+        return jnp.fft.rfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
+
+    def ifft(self, a: jax.Array, keep: Sequence[int]) -> jax.Array:
+        a = jnp.fft.irfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
+        return a[(Ellipsis,) + tuple(slice(0, n) for n in keep)]
+
+
+def _depth_perm(nd: int, lead: int, trail: int) -> Tuple[List[int], List[int]]:
+    """Axis orders of an array laid out ``(*lead, q0, r0, q1, r1, ..., *trail)``: the phase
+    axes ``r`` and the position axes ``q``."""
+    r = [lead + 2 * a + 1 for a in range(nd)]
+    q = [lead + 2 * a for a in range(nd)]
+    return r, q
+
+
+def _input_phases(x: jax.Array, p: _Plan) -> jax.Array:
+    """``(N, *in_spatial, C)`` -> ``(N, S, C, *m)``: lhs-dilated, padded, cut, split by the stride."""
+    g, nd = p.g, p.nd
+    config = [(0, 0, 0)]
+    for n, ld, (lo, _), s, m in zip(g.in_spatial, g.lhs_dilation, g.pads, g.stride, p.m):
+        config.append((lo, m * s - dilated_length(n, ld) - lo, ld - 1))
+    config.append((0, 0, 0))
+    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+    n_batch, c = x.shape[0], x.shape[-1]
+    xp = xp.reshape((n_batch,) + sum(((m, s) for m, s in zip(p.m, g.stride)), ()) + (c,))
+    r, q = _depth_perm(nd, 1, 1)
+    xp = jnp.transpose(xp, [0] + r + [2 * nd + 1] + q)
+    return xp.reshape((n_batch, p.phases, c) + tuple(p.m))
+
+
+def _kernel_phases(w: jax.Array, p: _Plan) -> jax.Array:
+    """``(*k, C_in/g, C_out)`` -> ``(S, C_in/g, C_out, *kq)``: rhs-dilated, split by the stride."""
+    g, nd = p.g, p.nd
+    config = [(0, kq * s - sp, d - 1) for kq, s, sp, d in zip(p.kq, g.stride, p.span, g.rhs_dilation)]
+    wd = lax.pad(w, jnp.zeros((), w.dtype), config + [(0, 0, 0)] * 2)
+    wd = wd.reshape(sum(((kq, s) for kq, s in zip(p.kq, g.stride)), ()) + w.shape[-2:])
+    r, q = _depth_perm(nd, 0, 2)
+    wd = jnp.transpose(wd, r + [2 * nd, 2 * nd + 1] + q)
+    return wd.reshape((p.phases,) + w.shape[-2:] + tuple(p.kq))
+
+
+def _kernel_from_phases(ws: jax.Array, p: _Plan) -> jax.Array:
+    """Inverse of :func:`_kernel_phases`: ``(S, C_in/g, C_out, *kq)`` -> ``(*k, C_in/g, C_out)``."""
+    g, nd = p.g, p.nd
+    cin_g, cout = ws.shape[1], ws.shape[2]
+    ws = ws.reshape(tuple(g.stride) + (cin_g, cout) + tuple(p.kq))
+    order = [i for a in range(nd) for i in (nd + 2 + a, a)] + [nd, nd + 1]
+    wd = jnp.transpose(ws, order).reshape(tuple(kq * s for kq, s in zip(p.kq, g.stride)) + (cin_g, cout))
+    index = tuple(slice(0, sp, d) for sp, d in zip(p.span, g.rhs_dilation))
+    return wd[index]
+
+
+def _precision(precision: Any) -> Any:
+    return lax.Precision.HIGHEST if precision is None else precision
+
+
+def forward(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision: Any = None) -> jax.Array:
+    """The core convolution ``(N, *in_spatial, C_in) -> (N, *out_spatial, C_out)`` by real FFTs."""
+    dtype = jnp.result_type(x, w)
+    cd = _compute_dtype(dtype)
+    p = _Plan(g)
+    n_batch, cin = x.shape[0], x.shape[-1]
+    cin_g, cout = w.shape[-2], w.shape[-1]
+    cout_g = cout // groups
+    xf = p.fft(_input_phases(x.astype(cd), p))          # (N, S, C_in, *fh)
+    wf = jnp.conj(p.fft(_kernel_phases(w.astype(cd), p)))  # (S, C_in/g, C_out, *fh)
+    fh = xf.shape[3:]
+    bins = math.prod(fh)
+    s = p.phases
+    if cin_g == 1 and s == 1:  # depthwise: an elementwise product per (channel, multiplier)
+        xf = xf.reshape(n_batch, cin, 1, bins)
+        yf = xf * wf.reshape(1, cin, cout // cin, bins)
+    else:
+        xf = xf.reshape(n_batch, s, groups, cin_g, bins)
+        wf = wf.reshape(s, cin_g, groups, cout_g, bins)
+        yf = jnp.einsum('nsgip,sigop->ngop', xf, wf, precision=_precision(precision))
+    y = p.ifft(yf.reshape((n_batch, cout) + fh), g.out_spatial)   # (N, C_out, *out)
+    return jnp.moveaxis(y, 1, -1).astype(dtype)
+
+
+def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, precision: Any = None) -> jax.Array:
+    """Gradient of ``sum(forward(x, w) * gy)`` with respect to ``w``: ``(*k, C_in // groups, C_out)``.
+
+    For every tap ``t``: ``dw[t] = sum over batch and outputs of xp[o * s + t * d]^T gy[o]``
+    (per group), one correlation of the input with ``gy`` by real FFTs.
+    """
+    dtype = jnp.result_type(x, gy)
+    cd = _compute_dtype(dtype)
+    p = _Plan(g)
+    n_batch, cin = x.shape[0], x.shape[-1]
+    cout = gy.shape[-1]
+    cin_g, cout_g = cin // groups, cout // groups
+    xf = p.fft(_input_phases(x.astype(cd), p))                       # (N, S, C_in, *fh)
+    gf = jnp.conj(p.fft(jnp.moveaxis(gy.astype(cd), -1, 1)))          # (N, C_out, *fh)
+    fh = xf.shape[3:]
+    bins = math.prod(fh)
+    s = p.phases
+    if cin_g == 1 and s == 1:
+        xf = xf.reshape(n_batch, cin, 1, bins)
+        dwf = jnp.sum(xf * gf.reshape(n_batch, cin, cout // cin, bins), axis=0)
+    else:
+        xf = xf.reshape(n_batch, s, groups, cin_g, bins)
+        gf = gf.reshape(n_batch, groups, cout_g, bins)
+        dwf = jnp.einsum('nsgip,ngop->sigop', xf, gf, precision=_precision(precision))
+    ws = p.ifft(dwf.reshape((s, cin_g, cout) + fh), p.kq)           # (S, C_in/g, C_out, *kq)
+    return _kernel_from_phases(ws, p).astype(dtype)
+
+
+# --------------------------------------------------------------------------- #
+# When it pays (measured; see docs/performance.md)
+# --------------------------------------------------------------------------- #
+
+def fft_wins(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int) -> bool:
+    """Whether ``'fft'`` beats the best direct formulation on CPU (placeholder, set by measurement)."""
+    taps = math.prod(geometry.kernel_size)
+    return taps >= 64
+
+
+def taps_too_many(geometry: ConvGeometry) -> bool:
+    """Whether ``'taps'`` (one unrolled product per tap) costs more than it saves (placeholder)."""
+    return math.prod(geometry.kernel_size) > 49
