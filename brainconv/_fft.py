@@ -48,20 +48,24 @@ __all__ = ['forward', 'weight_grad', 'fft_wins', 'taps_too_many', 'fast_size']
 
 
 def fast_size(n: int) -> int:
-    """The smallest ``2^a 3^b 5^c >= n`` (a length every FFT library runs fast)."""
+    """The smallest length ``>= n`` of the form ``2^a * r``, ``r`` in :data:`_ODD_FACTORS` (even
+    unless 1): the real FFT of an even length is a complex FFT of half of it, and mixed-radix
+    FFTs with many factors 3 run slower (measured, XLA:CPU: rfft of 8x16 rows padded to 4374 =
+    2 * 3^7 3.9 ms, to 4608 = 2^9 * 9 1.8 ms)."""
     n = int(n)
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
+    if n <= 2:
+        return max(n, 1)
+    best = None
+    for r in _ODD_FACTORS:
+        m = 2 * r
+        while m < n:
+            m *= 2
+        best = m if best is None else min(best, m)
     return best
+
+
+#: The odd parts :func:`fast_size` allows.
+_ODD_FACTORS = (1, 3, 5, 7, 9, 15)
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -137,12 +141,43 @@ def _precision(precision: Any) -> Any:
     return lax.Precision.HIGHEST if precision is None else precision
 
 
+#: Contractions at most this long run as a broadcast product and sum (vectorised over
+#: frequencies), longer ones as a batched matmul with the frequencies as the batch.
+#: Measured (XLA:CPU, loaded 2-core machine): 16 channels, batch 8, 2188 bins: product and sum
+#: 2.4 ms, complex einsum 9.7 ms, frequency-major batched matmul 5.7 ms; 64 channels -> 64,
+#: batch 32, 684 bins: product and sum 988 ms, batched matmul 119 ms.
+SMALL_CONTRACTION = 16
+
+
+def _mix(a: jax.Array, b: jax.Array, kind: str, precision: Any) -> jax.Array:
+    """Per frequency bin and group, the channel contraction.
+
+    ``kind='forward'``: ``a`` ``(N, G, K, P)``, ``b`` ``(G, K, O, P)`` -> ``(N, G, O, P)``
+    (sum over K).  ``kind='weight'``: ``a`` ``(N, G, K, P)``, ``b`` ``(N, G, O, P)`` ->
+    ``(G, K, O, P)`` (sum over N).
+    """
+    forward_kind = kind == 'forward'
+    length = a.shape[2] if forward_kind else a.shape[0]
+    if length <= SMALL_CONTRACTION:
+        if forward_kind:
+            return jnp.sum(a[:, :, :, None, :] * b[None], axis=2)
+        return jnp.sum(a[:, :, :, None, :] * b[:, :, None, :, :], axis=0)
+    precision = _precision(precision)
+    if forward_kind:   # (P, G, N, K) @ (P, G, K, O)
+        y = lax.dot_general(jnp.transpose(a, (3, 1, 0, 2)), jnp.transpose(b, (3, 0, 1, 2)),
+                            (((3,), (2,)), ((0, 1), (0, 1))), precision=precision)
+        return jnp.transpose(y, (2, 1, 3, 0))
+    y = lax.dot_general(jnp.transpose(a, (3, 1, 2, 0)), jnp.transpose(b, (3, 1, 0, 2)),   # (P, G, K, N) @ (P, G, N, O)
+                        (((3,), (2,)), ((0, 1), (0, 1))), precision=precision)
+    return jnp.transpose(y, (1, 2, 3, 0))
+
+
 def forward(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision: Any = None) -> jax.Array:
     """The core convolution ``(N, *in_spatial, C_in) -> (N, *out_spatial, C_out)`` by real FFTs."""
     dtype = jnp.result_type(x, w)
     cd = _compute_dtype(dtype)
     p = _Plan(g)
-    n_batch, cin = x.shape[0], x.shape[-1]
+    n_batch = x.shape[0]
     cin_g, cout = w.shape[-2], w.shape[-1]
     cout_g = cout // groups
     xf = p.fft(_input_phases(x.astype(cd), p))          # (N, S, C_in, *fh)
@@ -150,13 +185,9 @@ def forward(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision:
     fh = xf.shape[3:]
     bins = math.prod(fh)
     s = p.phases
-    if cin_g == 1 and s == 1:  # depthwise: an elementwise product per (channel, multiplier)
-        xf = xf.reshape(n_batch, cin, 1, bins)
-        yf = xf * wf.reshape(1, cin, cout // cin, bins)
-    else:
-        xf = xf.reshape(n_batch, s, groups, cin_g, bins)
-        wf = wf.reshape(s, cin_g, groups, cout_g, bins)
-        yf = jnp.einsum('nsgip,sigop->ngop', xf, wf, precision=_precision(precision))
+    xf = jnp.swapaxes(xf.reshape(n_batch, s, groups, cin_g, bins), 1, 2).reshape(n_batch, groups, s * cin_g, bins)
+    wf = jnp.swapaxes(wf.reshape(s * cin_g, groups, cout_g, bins), 0, 1)
+    yf = _mix(xf, wf, 'forward', precision)                          # (N, G, C_out/g, bins)
     y = p.ifft(yf.reshape((n_batch, cout) + fh), g.out_spatial)   # (N, C_out, *out)
     return jnp.moveaxis(y, 1, -1).astype(dtype)
 
@@ -178,13 +209,9 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
     fh = xf.shape[3:]
     bins = math.prod(fh)
     s = p.phases
-    if cin_g == 1 and s == 1:
-        xf = xf.reshape(n_batch, cin, 1, bins)
-        dwf = jnp.sum(xf * gf.reshape(n_batch, cin, cout // cin, bins), axis=0)
-    else:
-        xf = xf.reshape(n_batch, s, groups, cin_g, bins)
-        gf = gf.reshape(n_batch, groups, cout_g, bins)
-        dwf = jnp.einsum('nsgip,ngop->sigop', xf, gf, precision=_precision(precision))
+    xf = jnp.swapaxes(xf.reshape(n_batch, s, groups, cin_g, bins), 1, 2).reshape(n_batch, groups, s * cin_g, bins)
+    dwf = _mix(xf, gf.reshape(n_batch, groups, cout_g, bins), 'weight', precision)   # (G, S*C_in/g, C_out/g, bins)
+    dwf = jnp.transpose(dwf.reshape(groups, s, cin_g, cout_g, bins), (1, 2, 0, 3, 4))
     ws = p.ifft(dwf.reshape((s, cin_g, cout) + fh), p.kq)           # (S, C_in/g, C_out, *kq)
     return _kernel_from_phases(ws, p).astype(dtype)
 
