@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import platform
@@ -828,6 +829,111 @@ def construction_times(n: int) -> Dict[str, Dict[str, float]]:
 
 
 # --------------------------------------------------------------------------- #
+# FFT crossover: every formulation across kernel sizes
+# --------------------------------------------------------------------------- #
+
+#: Families of convolutions timed across kernel sizes by ``--crossover`` (SAME padding, stride 1):
+#: (spatial, C_in, C_out, groups, batch, kernel sizes).
+CROSSOVER = {
+    'i': ((4096,), 16, 16, 1, 8, (9, 33, 65, 129, 257)),
+    'j': ((64, 64), 32, 32, 32, 8, (3, 5, 7, 11, 15, 21, 31)),
+    'dense': ((32, 32), 64, 64, 1, 32, (3, 7, 11)),
+}
+#: 'taps' is not compiled past this many kernel taps in ``--crossover`` (its program grows with them).
+CROSSOVER_MAX_TAPS = 441
+
+
+def _fft_conv(geometry, groups):
+    """``(x, w) -> y`` by the FFT formulation: ``lowering='fft'`` where brainconv has it, else
+    :mod:`brainconv._fft` with the gradients the lowering gives it (input gradient: the FFT
+    forward of the adjoint convolution; kernel gradient: :func:`brainconv._fft.weight_grad`)."""
+    if 'fft' in LOWERING_NAMES:
+        return None
+    from brainconv import _fft
+    from brainconv.shapes import adjoint_geometry
+    adjoint = adjoint_geometry(geometry)
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return _fft.forward(x, w, geometry, groups)
+
+    def fwd(x, w):
+        return conv(x, w), (x, w)
+
+    def bwd(res, gy):
+        x, w = res
+        dx = _fft.forward(gy, brainconv.lowering.adjoint_kernel(w, groups), adjoint, groups)
+        return dx, _fft.weight_grad(x, gy, geometry, groups)
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+def _compiled(fn, *args) -> Tuple[Any, float]:
+    """``jax.jit(fn)`` lowered and compiled after clearing JAX's caches: (executable, seconds)."""
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    exe = jax.jit(fn).lower(*args).compile()
+    return exe, time.perf_counter() - t0
+
+
+def crossover(families: List[str], rounds: int = 7) -> None:
+    """Forward and forward+backward (input and kernel gradients) of raw lax, 'fft' and the direct
+    formulations across kernel sizes: medians of ``rounds`` interleaved rounds after a warm-up,
+    per-round ratios against raw lax, and the compile time of each jitted function."""
+    from brainconv.shapes import conv_geometry
+    names = ['lax', 'fft'] + [n for n in ('taps', 'im2col', 'lax_vjp', 'fold') if n in LOWERING_NAMES]
+    for fam in families:
+        spatial, cin, cout, groups, batch, ks = CROSSOVER[fam]
+        nd = len(spatial)
+        print(f"\n## crossover {fam}: {'x'.join(map(str, spatial))}x{cin}->{cout}, groups {groups}, batch {batch}, "
+              f"SAME, stride 1   [{rounds} rounds; ms, ratio to raw lax, compile s]")
+        print("| k | impl | fwd ms | fwd+bwd ms | fwd/lax | fb/lax | compile fwd s | compile fb s |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
+        for k in ks:
+            rng = np.random.default_rng(0)
+            x = jnp.asarray(rng.standard_normal((batch,) + spatial + (cin,)), jnp.float32)
+            w = jnp.asarray(rng.standard_normal((k,) * nd + (cin // groups, cout)) / math.sqrt(k ** nd * cin // groups),
+                            jnp.float32)
+            r = jnp.asarray(rng.standard_normal((batch,) + spatial + (cout,)), jnp.float32)
+            geometry = conv_geometry(spatial, (k,) * nd, (1,) * nd, 'SAME', (1,) * nd, (1,) * nd)
+            fns = {}
+            for name in names:
+                if name == 'taps' and k ** nd > CROSSOVER_MAX_TAPS:
+                    continue
+                if name == 'fold' and nd != 3:
+                    continue
+                if name == 'fft' and _fft_conv(geometry, groups) is not None:
+                    fns[name] = _fft_conv(geometry, groups)
+                else:
+                    fns[name] = functools.partial(brainconv.functional.conv, padding='SAME', groups=groups,
+                                                  lowering=name)
+            run = {}
+            for name, fn in fns.items():
+                f_exe, f_s = _compiled(fn, x, w)
+                b_exe, b_s = _compiled(jax.grad(lambda xx, ww, rr, fn=fn: jnp.vdot(fn(xx, ww), rr), (0, 1)), x, w, r)
+                run[name] = (f_exe, b_exe, f_s, b_s)
+                _block(f_exe(x, w))
+                _block(b_exe(x, w, r))
+            times = {(n, m): [] for n in run for m in ('fwd', 'fb')}
+            for i in range(rounds):
+                order = list(run)[i % len(run):] + list(run)[:i % len(run)]
+                for name in order:
+                    f_exe, b_exe = run[name][:2]
+                    t0 = time.perf_counter()
+                    _block(f_exe(x, w))
+                    times[(name, 'fwd')].append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    _block(b_exe(x, w, r))
+                    times[(name, 'fb')].append(time.perf_counter() - t0)
+            for name in run:
+                ratio = {m: _med([a / b for a, b in zip(times[(name, m)], times[('lax', m)])]) for m in ('fwd', 'fb')}
+                ms = {m: _med(times[(name, m)]) * 1e3 for m in ('fwd', 'fb')}
+                print(f"| {k} | {name} | {ms['fwd']:.2f} | {ms['fb']:.2f} | {ratio['fwd']:.2f} | {ratio['fb']:.2f} | "
+                      f"{run[name][2]:.2f} | {run[name][3]:.2f} |", flush=True)
+
+
+# --------------------------------------------------------------------------- #
 # Report
 # --------------------------------------------------------------------------- #
 
@@ -880,7 +986,13 @@ def main(argv=None) -> int:
                         help='seconds of timing per config after which no new round starts (at least 5 rounds; '
                              'default 25, --quick 10)')
     parser.add_argument('--no-construction', action='store_true')
+    parser.add_argument('--crossover', default=None, metavar='FAMILIES',
+                        help='time raw lax, fft and the direct formulations across kernel sizes for the families '
+                             f'{",".join(CROSSOVER)} (comma-separated), then stop')
     args = parser.parse_args(argv)
+    if args.crossover:
+        crossover([f.strip() for f in args.crossover.split(',') if f.strip()], rounds=args.rounds or 7)
+        return 0
     rounds = args.rounds or (5 if args.quick else 15)
     budget = args.budget or (10.0 if args.quick else 25.0)
     target_s = 0.01 if args.quick else 0.03

@@ -87,9 +87,59 @@ class _Plan:
     def fft(self, a: jax.Array) -> jax.Array:
         return jnp.fft.rfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
 
+    def kernel_fft(self, a: jax.Array) -> jax.Array:
+        """:meth:`fft` of an array whose trailing axes are only ``kq`` long: by DFT matmuls
+        when the kernel is short (:data:`DFT_MAX_TAPS`), an FFT of the zero-extended array otherwise."""
+        if max(self.kq) > DFT_MAX_TAPS:
+            return self.fft(a)
+        nd = self.nd
+        cd = a.dtype
+        cos, sin = _dft_matrix(self.f[-1], self.kq[-1], self.f[-1] // 2 + 1, cd)   # (bins, kq)
+        spec = lax.complex(a @ cos.T, -(a @ sin.T))
+        for axis in range(nd - 1):
+            cos, sin = _dft_matrix(self.f[axis], self.kq[axis], self.f[axis], cd)
+            mat = lax.complex(cos, -sin)                                             # (f, kq)
+            spec = jnp.moveaxis(jnp.tensordot(spec, mat, axes=((spec.ndim - nd + axis,), (1,))),
+                                -1, spec.ndim - nd + axis)
+        return spec
+
+    def kernel_ifft(self, a: jax.Array) -> jax.Array:
+        """``ifft(a, keep=kq)``: by inverse DFT matmuls evaluated only at the ``kq`` taps when the
+        kernel is short, by an inverse FFT otherwise."""
+        if max(self.kq) > DFT_MAX_TAPS:
+            return self.ifft(a, self.kq)
+        nd = self.nd
+        cd = jnp.real(a).dtype
+        for axis in range(nd - 1):
+            cos, sin = _dft_matrix(self.f[axis], self.kq[axis], self.f[axis], cd)
+            scale = jnp.asarray(1.0 / self.f[axis], cd)
+            mat = lax.complex(cos * scale, sin * scale)                                # (f, kq)
+            a = jnp.moveaxis(jnp.tensordot(a, mat, axes=((a.ndim - nd + axis,), (0,))), -1, a.ndim - nd + axis)
+        n = self.f[-1]
+        bins = n // 2 + 1
+        cos, sin = _dft_matrix(n, self.kq[-1], bins, cd)
+        weight = jnp.full((bins, 1), 2.0 / n, cd).at[0].set(1.0 / n)
+        if n % 2 == 0:
+            weight = weight.at[bins - 1].set(1.0 / n)
+        return jnp.real(a) @ (cos * weight) - jnp.imag(a) @ (sin * weight)
+
     def ifft(self, a: jax.Array, keep: Sequence[int]) -> jax.Array:
         a = jnp.fft.irfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
         return a[(Ellipsis,) + tuple(slice(0, n) for n in keep)]
+
+
+#: Kernels at most this long on every axis are transformed by DFT matmuls (:meth:`_Plan.kernel_fft`):
+#: C_in * C_out short rows zero-extended to the FFT size would cost more transforms than the input.
+DFT_MAX_TAPS = 32
+
+
+def _dft_matrix(n: int, taps: int, bins: int, dtype: Any) -> Tuple[jax.Array, jax.Array]:
+    """``cos`` and ``sin`` of ``2 pi f q / n`` for ``f < bins``, ``q < taps``: ``(bins, taps)`` each
+    (the phase reduced mod ``n`` in integers, so large ``f * q`` lose nothing)."""
+    f = lax.broadcasted_iota(jnp.int32, (bins, taps), 0)
+    q = lax.broadcasted_iota(jnp.int32, (bins, taps), 1)
+    angle = ((f * q) % n).astype(dtype) * jnp.asarray(2 * math.pi / n, dtype)
+    return jnp.cos(angle), jnp.sin(angle)
 
 
 def _depth_perm(nd: int, lead: int, trail: int) -> Tuple[List[int], List[int]]:
@@ -181,7 +231,7 @@ def forward(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision:
     cin_g, cout = w.shape[-2], w.shape[-1]
     cout_g = cout // groups
     xf = p.fft(_input_phases(x.astype(cd), p))          # (N, S, C_in, *fh)
-    wf = jnp.conj(p.fft(_kernel_phases(w.astype(cd), p)))  # (S, C_in/g, C_out, *fh)
+    wf = jnp.conj(p.kernel_fft(_kernel_phases(w.astype(cd), p)))  # (S, C_in/g, C_out, *fh)
     fh = xf.shape[3:]
     bins = math.prod(fh)
     s = p.phases
@@ -212,7 +262,7 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
     xf = jnp.swapaxes(xf.reshape(n_batch, s, groups, cin_g, bins), 1, 2).reshape(n_batch, groups, s * cin_g, bins)
     dwf = _mix(xf, gf.reshape(n_batch, groups, cout_g, bins), 'weight', precision)   # (G, S*C_in/g, C_out/g, bins)
     dwf = jnp.transpose(dwf.reshape(groups, s, cin_g, cout_g, bins), (1, 2, 0, 3, 4))
-    ws = p.ifft(dwf.reshape((s, cin_g, cout) + fh), p.kq)           # (S, C_in/g, C_out, *kq)
+    ws = p.kernel_ifft(dwf.reshape((s, cin_g, cout) + fh))           # (S, C_in/g, C_out, *kq)
     return _kernel_from_phases(ws, p).astype(dtype)
 
 
