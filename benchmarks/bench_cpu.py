@@ -12,6 +12,16 @@ respect to input and weights):
   g  training step of a small CNN: 28x28x1 -> conv32 -> conv64 -> maxpool 2 -> dense 10, batch 64
      ("forward": the loss; "forward+backward": loss, gradients and an SGD update)
   h  config a with CIRCULAR (h-circ) and REFLECT (h-refl) padding
+  i  Conv1d L4096 16 -> 16, k257, pad 128, batch 8 (a long kernel)
+  j  depthwise Conv2d 64x64x32, groups 32, k31, pad 15, batch 8 (a large depthwise kernel)
+
+Each JAX implementation of a convolution config is also timed in forward mode
+(``jax.jvp`` with respect to input and weights; its time and its ratio to the
+same implementation's forward; "n/a" where the implementation has no
+forward-mode rule).  A compile-time section (skip: ``--no-compile``) times the
+training step (loss, gradients, SGD update; jitted) of two U-Net-like models,
+2-d and 3-d, with the default lowering and with ``lowering='lax'``: lower and
+compile wall time (median of 3 fresh compiles) and the step's run time.
 
 Every peer runs only if importable (``pip install brainconv[bench]``).  Before
 timing, every implementation's output and gradients are checked against raw
@@ -34,6 +44,7 @@ Usage::
     python benchmarks/bench_cpu.py            # full run (up to 15 rounds, 25 s per config)
     python benchmarks/bench_cpu.py --quick    # 5 rounds, shorter repetitions
     python benchmarks/bench_cpu.py --configs a,f --lowerings   # every brainconv formulation
+    python benchmarks/bench_cpu.py --crossover i,j,dense       # formulations across kernel sizes
 """
 
 from __future__ import annotations
@@ -113,8 +124,10 @@ CONFIGS = {
                 output_padding=1),
     'h-circ': Config('h-circ', 'config a, CIRCULAR', (32, 32), 64, 64, 3, 32, mode='CIRCULAR'),
     'h-refl': Config('h-refl', 'config a, REFLECT', (32, 32), 64, 64, 3, 32, mode='REFLECT'),
+    'i': Config('i', 'Conv1d L4096 16->16 k257, b8', (4096,), 16, 16, 257, 8, pad=128),
+    'j': Config('j', 'depthwise 64x64x32 k31, b8', (64, 64), 32, 32, 31, 8, pad=15, groups=32),
 }
-ORDER = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h-circ', 'h-refl']
+ORDER = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h-circ', 'h-refl', 'i', 'j']
 
 
 G_BATCH, G_LR = 64, 0.01
@@ -156,6 +169,7 @@ class Impl:
     out: Callable[[Any], np.ndarray]          # fwd() result -> NHWC numpy
     grads: Callable[[Any], Tuple[np.ndarray, np.ndarray]]  # fb() result -> (dx NHWC, dw brainconv layout)
     lowering: str = ''                        # brainconv: the formulation that ran
+    jvp: Callable[[], Any] | None = None      # forward mode (JAX only); None where it has no rule
 
     def time(self, mode: str, reps: int) -> float:
         """Seconds per call of ``mode`` ('fwd' or 'fb'), averaged over ``reps`` calls."""
@@ -400,13 +414,22 @@ def _jax_impl(name, apply, params, x, r, to_kernel, channel_first=False):
         return jnp.vdot(apply(p, xx), rr)
 
     fb_j = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    jvp_j = jax.jit(lambda p, xx, tp, tx: jax.jvp(apply, (p, xx), (tp, tx)))
 
     def to_nhwc(a):
         a = np.asarray(a)
         return np.moveaxis(a, 1, -1) if channel_first else a
 
+    def jvp():  # tangents: the primals themselves (any array of the right shape would do)
+        return _block(jvp_j(params, x, params, x))
+
+    try:
+        jvp()
+    except Exception as exc:  # noqa: BLE001 - e.g. a custom_vjp has no forward-mode rule
+        print(f"  {name}: no forward mode ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})", flush=True)
+        jvp = None
     return Impl(name, lambda: _block(fwd_j(params, x)), lambda: _block(fb_j(params, x, r)), to_nhwc,
-                lambda g: (to_nhwc(g[1]), np.asarray(to_kernel(g[0]))))
+                lambda g: (to_nhwc(g[1]), np.asarray(to_kernel(g[0]))), jvp=jvp)
 
 
 def _lax_apply(cfg: Config):
@@ -449,8 +472,10 @@ def _state_kernel(grads):
     return grads['weight'].value['weight']
 
 
-def build_impls(cfg: Config, lowerings: List[str] | None = None) -> Tuple[Dict[str, Impl], Dict[str, Any]]:
-    """Every available implementation of ``cfg`` on one shared input and kernel."""
+def build_impls(cfg: Config, lowerings: List[str] | None = None,
+                default: str | None = None) -> Tuple[Dict[str, Impl], Dict[str, Any]]:
+    """Every available implementation of ``cfg`` on one shared input and kernel (``default``:
+    the lowering of the 'brainconv' one; None: 'auto')."""
     nd = cfg.nd
     x_np, w_np, r_np = conv_data(cfg)
     x, w, r = jnp.asarray(x_np), jnp.asarray(w_np), jnp.asarray(r_np)
@@ -469,7 +494,7 @@ def build_impls(cfg: Config, lowerings: List[str] | None = None) -> Tuple[Dict[s
 
     names = ['brainconv'] if lowerings is None else [f'bc:{lw}' for lw in lowerings]
     for label in names:
-        layer = brainconv_layer(None if label == 'brainconv' else label[3:])
+        layer = brainconv_layer(default if label == 'brainconv' else label[3:])
         apply, params = _split_merge(layer)
         impls[label] = _jax_impl(label, apply, params, x, r, _state_kernel)
         impls[label].lowering = layer.lowering
@@ -742,7 +767,8 @@ def time_group(impls: Dict[str, Impl], monitor: LoadMonitor, rounds: int, target
                min_rounds: int = 5, retry_wait_s: float = 1.0) -> GroupResult:
     """Interleaved rounds; a round bracketed by a loaded reference matmul is re-measured.
     After ``budget_s`` seconds no new round starts once ``min_rounds`` are done."""
-    reps = {(n, m): i.reps(m, target_s) for n, i in impls.items() for m in ('fwd', 'fb')}
+    reps = {(n, m): i.reps(m, target_s) for n, i in impls.items() for m in ('fwd', 'fb', 'jvp')
+            if m != 'jvp' or getattr(i, 'jvp', None) is not None}
     with_torch = 'torch' in impls
     keys = list(reps)
     times: Dict[Tuple[str, str], List[float]] = {k: [] for k in keys}
@@ -840,7 +866,7 @@ CROSSOVER = {
     'dense': ((32, 32), 64, 64, 1, 32, (3, 7, 11)),
 }
 #: 'taps' is not compiled past this many kernel taps in ``--crossover`` (its program grows with them).
-CROSSOVER_MAX_TAPS = 441
+CROSSOVER_MAX_TAPS = 225
 
 
 def _fft_conv(geometry, groups):
@@ -877,12 +903,14 @@ def _compiled(fn, *args) -> Tuple[Any, float]:
     return exe, time.perf_counter() - t0
 
 
-def crossover(families: List[str], rounds: int = 7) -> None:
+def crossover(families: List[str], rounds: int = 7, only: List[str] | None = None) -> None:
     """Forward and forward+backward (input and kernel gradients) of raw lax, 'fft' and the direct
     formulations across kernel sizes: medians of ``rounds`` interleaved rounds after a warm-up,
-    per-round ratios against raw lax, and the compile time of each jitted function."""
+    per-round ratios against raw lax, and the compile time of each jitted function.  ``only``:
+    a subset of the formulations (raw lax always runs)."""
     from brainconv.shapes import conv_geometry
     names = ['lax', 'fft'] + [n for n in ('taps', 'im2col', 'lax_vjp', 'fold') if n in LOWERING_NAMES]
+    names = [n for n in names if n == 'lax' or only is None or n in only]
     for fam in families:
         spatial, cin, cout, groups, batch, ks = CROSSOVER[fam]
         nd = len(spatial)
@@ -931,6 +959,87 @@ def crossover(families: List[str], rounds: int = 7) -> None:
                 ms = {m: _med(times[(name, m)]) * 1e3 for m in ('fwd', 'fb')}
                 print(f"| {k} | {name} | {ms['fwd']:.2f} | {ms['fb']:.2f} | {ratio['fwd']:.2f} | {ratio['fb']:.2f} | "
                       f"{run[name][2]:.2f} | {run[name][3]:.2f} |", flush=True)
+
+
+# --------------------------------------------------------------------------- #
+# Compile time: U-Net-like training steps
+# --------------------------------------------------------------------------- #
+
+#: (spatial, channels, batch): 4 stride-2 Conv down, 4 stride-2 ConvTranspose up with skips.
+UNETS = {
+    '2-d': ((64, 64), (3, 16, 32, 64, 128), 8),
+    '3-d': ((32, 32, 32), (1, 8, 16, 32, 64), 2),
+}
+
+
+def _unet(spatial, channels, lowering):
+    """A U-Net-like brainstate module: k3 stride-2 Conv layers down (channels[i] -> channels[i+1]),
+    k3 stride-2 ConvTranspose layers up, each up output concatenated with the down output of the
+    same size; the last one returns ``channels[0]`` channels at the input size."""
+    nd = len(spatial)
+    c = channels
+    sizes = [tuple(spatial)]
+    for _ in c[1:]:
+        sizes.append(tuple(-(-n // 2) for n in sizes[-1]))
+    downs = [brainconv.Conv(nd, sizes[i] + (c[i],), c[i + 1], 3, stride=2, lowering=lowering)
+             for i in range(len(c) - 1)]
+    ups = []
+    for i in reversed(range(len(c) - 1)):
+        cin = c[i + 1] * (1 if i == len(c) - 2 else 2)
+        ups.append(brainconv.ConvTranspose(nd, sizes[i + 1] + (cin,), c[i], 3, stride=2, lowering=lowering))
+
+    class UNet(brainstate.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for i, m in enumerate(downs):
+                setattr(self, f'down{i}', m)
+            for i, m in enumerate(ups):
+                setattr(self, f'up{i}', m)
+
+        def update(self, xx):
+            skips, h = [], xx
+            for i in range(len(downs)):
+                h = jax.nn.relu(getattr(self, f'down{i}')(h))
+                skips.append(h)
+            skips.pop()
+            for i in range(len(ups)):
+                h = getattr(self, f'up{i}')(h)
+                if skips:
+                    h = jnp.concatenate([jax.nn.relu(h), skips.pop()], axis=-1)
+            return h
+    return UNet()
+
+
+def compile_section(quick: bool) -> Dict[Tuple[str, str], Tuple[float, float]]:
+    """Per U-Net and lowering (default, 'lax'): median lower+compile seconds of the jitted
+    training step over 3 fresh compiles (caches cleared, a new function each time), and the
+    median run time (ms) of the compiled step."""
+    print("\n## Compile time: training step (MSE loss, gradients, SGD update) of U-Net-like models, jitted")
+    print("| model | lowering | compile s (median of 3) | step ms |")
+    print("|---|---|---|---|", flush=True)
+    out = {}
+    for key, (spatial, channels, batch) in UNETS.items():
+        x = jnp.asarray(np.random.default_rng(3).standard_normal((batch,) + spatial + (channels[0],)), jnp.float32)
+        for lowering in (None, 'lax'):
+            apply, params = _split_merge(_unet(spatial, channels, lowering))
+            seconds, exe = [], None
+            for _ in range(3):
+                def step(p, xx, apply=apply):
+                    value, g = jax.value_and_grad(lambda q: jnp.mean((apply(q, xx) - xx) ** 2))(p)
+                    return value, jax.tree_util.tree_map(lambda a, b: a - G_LR * b, p, g)
+                exe, sec = _compiled(step, params, x)
+                seconds.append(sec)
+            _block(exe(params, x))
+            runs = []
+            for _ in range(3 if quick else 7):
+                t0 = time.perf_counter()
+                _block(exe(params, x))
+                runs.append(time.perf_counter() - t0)
+            label = lowering or f"default ({brainconv.lowering.get_lowering()})"
+            out[(key, label)] = (_med(seconds), _med(runs) * 1e3)
+            print(f"| {key} {'x'.join(map(str, spatial))}x{channels[0]}, b{batch} | {label} | {_med(seconds):.2f} | "
+                  f"{_med(runs) * 1e3:.1f} |", flush=True)
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -986,17 +1095,22 @@ def main(argv=None) -> int:
                         help='seconds of timing per config after which no new round starts (at least 5 rounds; '
                              'default 25, --quick 10)')
     parser.add_argument('--no-construction', action='store_true')
+    parser.add_argument('--no-compile', action='store_true', help='skip the U-Net compile-time section')
+    parser.add_argument('--compile-only', action='store_true', help='only the U-Net compile-time section')
+    parser.add_argument('--lowering', default=None, help="the 'brainconv' implementation's lowering (default: auto)")
     parser.add_argument('--crossover', default=None, metavar='FAMILIES',
                         help='time raw lax, fft and the direct formulations across kernel sizes for the families '
                              f'{",".join(CROSSOVER)} (comma-separated), then stop')
+    parser.add_argument('--only', default=None, help='with --crossover: comma-separated formulations to time')
     args = parser.parse_args(argv)
     if args.crossover:
-        crossover([f.strip() for f in args.crossover.split(',') if f.strip()], rounds=args.rounds or 7)
+        crossover([f.strip() for f in args.crossover.split(',') if f.strip()], rounds=args.rounds or 7,
+                  only=args.only.split(',') if args.only else None)
         return 0
     rounds = args.rounds or (5 if args.quick else 15)
     budget = args.budget or (10.0 if args.quick else 25.0)
     target_s = 0.01 if args.quick else 0.03
-    keys = [k.strip() for k in args.configs.split(',') if k.strip()]
+    keys = [] if args.compile_only else [k.strip() for k in args.configs.split(',') if k.strip()]
     for k in keys:
         if k not in ORDER:
             parser.error(f"unknown config {k!r}; choose from {ORDER}")
@@ -1017,7 +1131,7 @@ def main(argv=None) -> int:
             title, flops = 'CNN train step, b64', None
         else:
             cfg = CONFIGS[key]
-            impls, _ = build_impls(cfg, list(LOWERING_NAMES) if args.lowerings else None)
+            impls, _ = build_impls(cfg, list(LOWERING_NAMES) if args.lowerings else None, args.lowering)
             title, flops = cfg.title, 2 * cfg.macs()
         errors = check(impls)
         res = time_group(impls, monitor, rounds, target_s, budget_s=budget)
@@ -1027,7 +1141,9 @@ def main(argv=None) -> int:
         if notes:
             print(f"  re-measured as 15 back-to-back pairs: {', '.join(notes)}")
         print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    if not args.lowerings:
+    if not (args.lowerings or args.no_compile):
+        compile_section(args.quick)
+    if not args.lowerings and not args.compile_only:
         cons = None if args.no_construction else construction_times(3 if args.quick else 7)
         _print_summary(results, cons, monitor)
     if TorchProxy.get() is not None:
@@ -1039,8 +1155,9 @@ def _print_group(key, title, flops, impls, res: GroupResult, errors, monitor, lo
     rate = monitor.gflops()
     print(f"\n## {key}: {title}   [{res.rounds} rounds, {res.quiet} quiet, re-measured {res.retries}, "
           f"reference slowdown median {_med(res.slowdowns):.2f}x, load avg {res.loadavg:.1f}]")
-    print("| impl | fwd ms | fwd+bwd ms | fwd/lax | fb/lax | fwd/torch | fb/torch | fwd %mm | fb %mm | err |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| impl | fwd ms | fwd+bwd ms | fwd/lax | fb/lax | fwd/torch | fb/torch | fwd %mm | fb %mm | jvp ms | "
+          "jvp/fwd | err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, impl in impls.items():
         f_ms = _med(res.kept(res.times[(name, 'fwd')])) * 1e3
         b_ms = _med(res.kept(res.times[(name, 'fb')])) * 1e3
@@ -1053,8 +1170,14 @@ def _print_group(key, title, flops, impls, res: GroupResult, errors, monitor, lo
         label = name + (f" ({impl.lowering})" if name == 'brainconv' and impl.lowering else '')
         tr = 'torch' if 'torch' in impls else None
         rt = (f"{_ratio(res, name, tr, 'fwd'):.2f} | {_ratio(res, name, tr, 'fb'):.2f}" if tr else "- | -")
+        if (name, 'jvp') in res.times:
+            jvp = res.times[(name, 'jvp')]
+            j_txt = (f"{_med(res.kept(jvp)) * 1e3:.2f} | "
+                     f"{_med(res.kept([a / b for a, b in zip(jvp, res.times[(name, 'fwd')])])):.2f}")
+        else:
+            j_txt = "n/a | n/a"
         print(f"| {label} | {f_ms:.2f} | {b_ms:.2f} | {_ratio(res, name, 'lax', 'fwd'):.2f} | "
-              f"{_ratio(res, name, 'lax', 'fb'):.2f} | {rt} | {pct} | {errors[name]:.0e} |")
+              f"{_ratio(res, name, 'lax', 'fb'):.2f} | {rt} | {pct} | {j_txt} | {errors[name]:.0e} |")
 
 
 def _print_summary(results, cons, monitor):
@@ -1078,6 +1201,11 @@ def _print_summary(results, cons, monitor):
     five = [r for r in rows if r[0] in ('c', 'e', 'f', 'h-circ', 'h-refl')]
     five_bad = [f"{r[0]} {p} {v:.1f}x" for r in five for p, v in r[5].items() if not v >= 5]
     checks.append(("c, e, f, h: fwd+bwd >= 5x faster than brainstate/flax/equinox", not five_bad, ', '.join(five_bad)))
+    ij = [r for r in rows if r[0] in ('i', 'j')]
+    if ij:
+        ij_bad = [f"{r[0]} /{p} {v:.2f}" for r in ij for p, v in (('lax', r[2]), ('torch', r[4]))
+                  if not v <= 0.2 and not math.isnan(v)]
+        checks.append(("i, j: fwd+bwd >= 5x faster than raw lax and torch", not ij_bad, ', '.join(ij_bad)))
     torch_bad = [f"{r[0]} {max(r[3], r[4]):.2f}" for r in rows if not max(r[3], r[4]) <= 2]
     checks.append(("every config within 2x of torch (fwd and fwd+bwd)", not torch_bad, ', '.join(torch_bad)))
     if 'g' in results:
