@@ -185,7 +185,7 @@ def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
 
 
 #: Names of the exact formulations a convolution can be lowered to (see :mod:`brainconv.lowering`).
-LOWERINGS = ('lax', 'lax_vjp', 'im2col', 'taps', 'fold')
+LOWERINGS = ('lax', 'lax_vjp', 'im2col', 'taps', 'fold', 'fft')
 
 
 def lowering(value: Any, allow_auto: bool = True) -> str | None:

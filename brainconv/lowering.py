@@ -65,7 +65,7 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _args, _interop
+from . import _args, _fft, _interop
 from .shapes import ConvGeometry, adjoint_geometry, axis_phases, kernel_span
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core']
@@ -556,6 +556,7 @@ FORMULATIONS = {
     'im2col': Formulation(_forward_phased(_forward_im2col), _weight_grad_any),
     'taps': Formulation(_forward_phased(_forward_taps), _weight_grad_any),
     'fold': Formulation(_forward_phased(_forward_fold), _weight_grad_any),
+    'fft': Formulation(_fft.forward, _fft.weight_grad),
 }
 
 
