@@ -24,6 +24,13 @@ How, per spatial axis:
   elementwise product.  The kernel gradient is the same correlation of the
   input with the output gradient, summed over the batch per frequency.
 
+Sharding: XLA's SPMD partitioner replicates the operand of an FFT op whatever
+its sharding, so with a batch-sharded input this formulation all-gathers it
+(tests/test_sharding.py; ``jax.experimental.custom_partitioning`` would keep
+the batch sharded, but cannot lower inside a primitive's lowering in jax
+0.10).  'auto' is for one device's speed; pick another lowering for
+data-parallel runs of long kernels.
+
 bf16/f16 are computed in float32 and cast back (float64 stays float64).  The
 frequency-domain contraction runs at ``precision`` (``HIGHEST`` when None:
 a TF32 product would cost far more than float32 rounding after an FFT).
@@ -35,15 +42,12 @@ the numbers are in their docstrings and in ``docs/performance.md``.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding, PartitionSpec
 
 from .shapes import ConvGeometry, dilated_length, kernel_span
 
@@ -88,7 +92,7 @@ class _Plan:
         self.phases = math.prod(g.stride)
 
     def fft(self, a: jax.Array) -> jax.Array:
-        return _transform(False, tuple(self.f))(a)
+        return jnp.fft.rfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
 
     def kernel_fft(self, a: jax.Array) -> jax.Array:
         """:meth:`fft` of an array whose trailing axes are only ``kq`` long: by DFT matmuls
@@ -127,41 +131,8 @@ class _Plan:
         return jnp.real(a) @ (cos * weight) - jnp.imag(a) @ (sin * weight)
 
     def ifft(self, a: jax.Array, keep: Sequence[int]) -> jax.Array:
-        a = _transform(True, tuple(self.f))(a)
+        a = jnp.fft.irfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
         return a[(Ellipsis,) + tuple(slice(0, n) for n in keep)]
-
-
-@functools.cache
-def _transform(inverse: bool, sizes: Tuple[int, ...]):
-    """``rfftn`` (or ``irfftn``) of size ``sizes`` over the trailing axes, partitioned along the
-    leading ones.
-
-    XLA's SPMD partitioner replicates an FFT's operand whatever its sharding (an all-gather of a
-    batch-sharded input: tests/test_sharding.py); here every leading axis keeps its sharding and
-    each device transforms its own rows.
-    """
-    axes = tuple(range(-len(sizes), 0))
-
-    def run(a):
-        return jnp.fft.irfftn(a, s=sizes, axes=axes) if inverse else jnp.fft.rfftn(a, s=sizes, axes=axes)
-
-    def sharding(mesh, shape):
-        spec = tuple(shape.sharding.spec) + (None,) * (len(shape.shape) - len(shape.sharding.spec))
-        return NamedSharding(mesh, PartitionSpec(*(spec[:len(shape.shape) - len(sizes)] + (None,) * len(sizes))))
-
-    def infer(mesh, arg_shapes, result_shape):
-        return sharding(mesh, arg_shapes[0])
-
-    def partition(mesh, arg_shapes, result_shape):
-        spec = sharding(mesh, arg_shapes[0])
-        return mesh, run, spec, (spec,)
-
-    op = custom_partitioning(run)
-    inner = ' '.join(f'i{a}' for a in range(len(sizes)))
-    outer = ' '.join(f'o{a}' for a in range(len(sizes)))
-    op.def_partition(partition=partition, infer_sharding_from_operands=infer,
-                     sharding_rule=f'... {inner} -> ... {outer}')
-    return op
 
 
 #: Kernels at most this long on every axis are transformed by DFT matmuls (:meth:`_Plan.kernel_fft`):

@@ -81,6 +81,9 @@ def _report():
 # when the batch is sharded: raw lax and every formulation that calls it for a grouped kernel
 # ('lax', 'lax_vjp', 'fold') inherit that.  The others never call it.
 XLA_GROUPED = {(label, name) for label in ('depthwise', 'grouped') for name in ('lax', 'lax_vjp', 'fold')}
+# The partitioner also replicates the operand of every FFT op, so 'fft' gathers whatever the layer.
+XLA_GROUPED |= {(label, 'fft') for label in ('dense', 'strided', 'depthwise', 'grouped', 'conv3d', 'transposed',
+                                              'circular')}
 
 
 def test_data_parallel_runs_equal_the_single_device_run():
