@@ -277,12 +277,53 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
 # When it pays (measured; see docs/performance.md)
 # --------------------------------------------------------------------------- #
 
+#: Fewest kernel taps at which ``'fft'`` beats the best direct formulation on CPU, by
+#: (number of spatial dims, depthwise).  See :func:`fft_wins` for the measurements.
+FFT_MIN_TAPS = {(1, False): 48, (2, False): 81, (2, True): 121}
+
+#: Most kernel taps for which the unrolled ``'taps'`` formulation still pays (:func:`taps_too_many`).
+TAPS_MAX = 121
+
+
 def fft_wins(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int) -> bool:
-    """Whether ``'fft'`` beats the best direct formulation on CPU (placeholder, set by measurement)."""
-    taps = math.prod(geometry.kernel_size)
-    return taps >= 64
+    """Whether ``'fft'`` is the formulation to run on CPU: measured to beat raw lax and every
+    direct formulation, forward+backward, at this kernel size (:data:`FFT_MIN_TAPS`).
+
+    ``benchmarks/bench_cpu.py --crossover i,j,dense`` (2-core AMD EPYC shared with other jobs,
+    jax 0.10.2; medians of 7 interleaved rounds; ratios to raw lax, forward / forward+backward;
+    docs/performance.md has the tables):
+
+    * 1-d, 16 -> 16 channels, L 4096, batch 8: k 9: 2.15 / 2.56 (lax_vjp 1.11 / 1.23); k 33:
+      1.11-1.20 / 0.83-0.93 (break-even); k 65: 0.43-0.63 / 0.47-0.50; k 129: 0.29 / 0.26;
+      k 257: 0.05 / 0.11 -- from 48 taps;
+    * depthwise 2-d, 64x64x32, batch 8: 'taps' wins to k 7 (0.04 / 0.08 against fft 0.13 / 0.18);
+      k 11: taps 0.06 / 0.10, fft 0.11 / 0.06; k 15: taps 0.67 / 0.47, fft 0.06 / 0.07 --
+      from 121 taps;
+    * dense 2-d, 32x32x64 -> 64, batch 32: k 3: 7.2 / 2.0; k 7: 1.45 / 0.73 (lax_vjp 1.17 / 1.01);
+      k 11: 0.70 / 0.38 (lax_vjp 1.20 / 0.85) -- from 81 taps (k 9: the direct cost grows with
+      the taps, the FFT's hardly at all).
+
+    Measured at stride 1 without dilation; strided, dilated, grouped (but depthwise) and 3-d
+    convolutions keep the direct formulations.
+    """
+    g = geometry
+    if any(v != 1 for v in g.stride + g.lhs_dilation + g.rhs_dilation):
+        return False
+    depthwise = groups > 1 and in_channels == groups
+    if groups > 1 and not depthwise:
+        return False
+    threshold = FFT_MIN_TAPS.get((g.num_spatial_dims, depthwise))
+    return threshold is not None and math.prod(g.kernel_size) >= threshold
 
 
 def taps_too_many(geometry: ConvGeometry) -> bool:
-    """Whether ``'taps'`` (one unrolled product per tap) costs more than it saves (placeholder)."""
-    return math.prod(geometry.kernel_size) > 49
+    """Whether the unrolled ``'taps'`` formulation (one product per kernel tap, so a program that
+    grows with the taps) costs more than it saves: more than :data:`TAPS_MAX` taps.
+
+    Measured (``--crossover``; ratios to raw lax, forward / forward+backward; compile seconds,
+    forward / forward+backward): depthwise 64x64x32, k 7 (49 taps): 0.04 / 0.08, compile
+    1.5 / 3.8 s; k 11 (121): 0.06 / 0.10, 1.1 / 5.0 s; k 15 (225): 0.67 / 0.47, 5.8 / 21 s
+    (fft: 0.06 / 0.07, 2.5 / 5.5 s).  1-d, 16 -> 16: compile 0.7-1.0 s at 9 taps, 2.1-2.5 s at
+    33, 4.7-7.1 s at 65, 10-15 s at 129, 45 / 84 s at 257.
+    """
+    return math.prod(geometry.kernel_size) > TAPS_MAX
