@@ -159,3 +159,21 @@ def _form(v):
         v //= 2
         a += 1
     return a >= 1 and v in _fft._ODD_FACTORS
+
+
+def test_auto_rules_only_claim_what_was_measured():
+    """fft_wins: stride-1 undilated long kernels of the measured kinds only; taps_too_many by tap count."""
+    from brainconv.shapes import conv_geometry
+
+    def geometry(spatial, k, stride=1, dilation=1):
+        nd = len(spatial)
+        return conv_geometry(spatial, (k,) * nd, (stride,) * nd, 'SAME', (1,) * nd, (dilation,) * nd)
+
+    assert _fft.fft_wins(geometry((4096,), 257), 1, 16, 16)            # config i
+    assert _fft.fft_wins(geometry((64, 64), 31), 32, 32, 32)           # config j
+    assert not _fft.fft_wins(geometry((64, 64), 3), 32, 32, 32)        # short depthwise: 'taps'
+    assert not _fft.fft_wins(geometry((4096,), 257, stride=2), 1, 16, 16)
+    assert not _fft.fft_wins(geometry((4096,), 65, dilation=2), 1, 16, 16)
+    assert not _fft.fft_wins(geometry((64, 64), 31), 4, 32, 32)        # grouped, not depthwise
+    assert not _fft.fft_wins(geometry((16, 16, 16), 15), 1, 8, 8)      # 3-d: not measured
+    assert _fft.taps_too_many(geometry((64, 64), 15)) and not _fft.taps_too_many(geometry((64, 64), 11))
