@@ -101,12 +101,13 @@ class _Plan:
             return self.fft(a)
         nd = self.nd
         cd = a.dtype
+        hi = lax.Precision.HIGHEST   # a transform, not the user's product: no TF32 / bf16 passes
         cos, sin = _dft_matrix(self.f[-1], self.kq[-1], self.f[-1] // 2 + 1, cd)   # (bins, kq)
-        spec = lax.complex(a @ cos.T, -(a @ sin.T))
+        spec = lax.complex(jnp.matmul(a, cos.T, precision=hi), -jnp.matmul(a, sin.T, precision=hi))
         for axis in range(nd - 1):
             cos, sin = _dft_matrix(self.f[axis], self.kq[axis], self.f[axis], cd)
             mat = lax.complex(cos, -sin)                                             # (f, kq)
-            spec = jnp.moveaxis(jnp.tensordot(spec, mat, axes=((spec.ndim - nd + axis,), (1,))),
+            spec = jnp.moveaxis(jnp.tensordot(spec, mat, axes=((spec.ndim - nd + axis,), (1,)), precision=hi),
                                 -1, spec.ndim - nd + axis)
         return spec
 
@@ -117,18 +118,21 @@ class _Plan:
             return self.ifft(a, self.kq)
         nd = self.nd
         cd = jnp.real(a).dtype
+        hi = lax.Precision.HIGHEST
         for axis in range(nd - 1):
             cos, sin = _dft_matrix(self.f[axis], self.kq[axis], self.f[axis], cd)
             scale = jnp.asarray(1.0 / self.f[axis], cd)
             mat = lax.complex(cos * scale, sin * scale)                                # (f, kq)
-            a = jnp.moveaxis(jnp.tensordot(a, mat, axes=((a.ndim - nd + axis,), (0,))), -1, a.ndim - nd + axis)
+            a = jnp.moveaxis(jnp.tensordot(a, mat, axes=((a.ndim - nd + axis,), (0,)), precision=hi),
+                             -1, a.ndim - nd + axis)
         n = self.f[-1]
         bins = n // 2 + 1
         cos, sin = _dft_matrix(n, self.kq[-1], bins, cd)
         weight = jnp.full((bins, 1), 2.0 / n, cd).at[0].set(1.0 / n)
         if n % 2 == 0:
             weight = weight.at[bins - 1].set(1.0 / n)
-        return jnp.real(a) @ (cos * weight) - jnp.imag(a) @ (sin * weight)
+        return (jnp.matmul(jnp.real(a), cos * weight, precision=hi)
+                - jnp.matmul(jnp.imag(a), sin * weight, precision=hi))
 
     def ifft(self, a: jax.Array, keep: Sequence[int]) -> jax.Array:
         a = jnp.fft.irfftn(a, s=self.f, axes=tuple(range(-self.nd, 0)))
