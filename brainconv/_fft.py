@@ -17,12 +17,14 @@ How, per spatial axis:
   zero-extended) kernel ``wd[q * s + r]`` becomes ``ws[q, r]``, so that
   ``y[o] = sum_{q, r} xs[o + q, r] ws[q, r]``: a stride-1 correlation whose
   channels are (phase, C_in).  Nothing is computed and thrown away;
-* that correlation is a product of real FFTs (``rfftn``) of a 5-smooth size
-  ``F >= M`` (M: phase-input length), which is enough: no output reads a
-  wrapped-around sample.  Per frequency the channels contract per group
-  (``(N, S * C_in/g) @ (S * C_in/g, C_out/g)``); a depthwise kernel is an
-  elementwise product.  The kernel gradient is the same correlation of the
-  input with the output gradient, summed over the batch per frequency.
+* that correlation is a product of real FFTs (``rfftn``) of a size
+  ``F >= M`` (M: phase-input length; :func:`fast_size`), which is enough: no
+  output reads a wrapped-around sample.  A short kernel (:data:`DFT_MAX_TAPS`)
+  is transformed by DFT matmuls instead.  Per frequency the channels
+  contract per group (``(N, S * C_in/g) @ (S * C_in/g, C_out/g)``); a
+  depthwise kernel is an elementwise product.  The kernel gradient is the
+  same correlation of the input with the output gradient, summed over the
+  batch per frequency and transformed back only at the kernel's taps.
 
 Sharding: XLA's SPMD partitioner replicates the operand of an FFT op whatever
 its sharding, so with a batch-sharded input this formulation all-gathers it
@@ -153,7 +155,7 @@ def _dft_matrix(n: int, taps: int, bins: int, dtype: Any) -> Tuple[jax.Array, ja
     return jnp.cos(angle), jnp.sin(angle)
 
 
-def _depth_perm(nd: int, lead: int, trail: int) -> Tuple[List[int], List[int]]:
+def _depth_perm(nd: int, lead: int) -> Tuple[List[int], List[int]]:
     """Axis orders of an array laid out ``(*lead, q0, r0, q1, r1, ..., *trail)``: the phase
     axes ``r`` and the position axes ``q``."""
     r = [lead + 2 * a + 1 for a in range(nd)]
@@ -171,7 +173,7 @@ def _input_phases(x: jax.Array, p: _Plan) -> jax.Array:
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
     n_batch, c = x.shape[0], x.shape[-1]
     xp = xp.reshape((n_batch,) + sum(((m, s) for m, s in zip(p.m, g.stride)), ()) + (c,))
-    r, q = _depth_perm(nd, 1, 1)
+    r, q = _depth_perm(nd, 1)
     xp = jnp.transpose(xp, [0] + r + [2 * nd + 1] + q)
     return xp.reshape((n_batch, p.phases, c) + tuple(p.m))
 
@@ -182,7 +184,7 @@ def _kernel_phases(w: jax.Array, p: _Plan) -> jax.Array:
     config = [(0, kq * s - sp, d - 1) for kq, s, sp, d in zip(p.kq, g.stride, p.span, g.rhs_dilation)]
     wd = lax.pad(w, jnp.zeros((), w.dtype), config + [(0, 0, 0)] * 2)
     wd = wd.reshape(sum(((kq, s) for kq, s in zip(p.kq, g.stride)), ()) + w.shape[-2:])
-    r, q = _depth_perm(nd, 0, 2)
+    r, q = _depth_perm(nd, 0)
     wd = jnp.transpose(wd, r + [2 * nd, 2 * nd + 1] + q)
     return wd.reshape((p.phases,) + w.shape[-2:] + tuple(p.kq))
 
