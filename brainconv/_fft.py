@@ -310,7 +310,8 @@ def fft_wins(geometry: ConvGeometry, groups: int, in_channels: int, out_channels
       the taps, the FFT's hardly at all).
 
     Measured at stride 1 without dilation; strided, dilated, grouped (but depthwise) and 3-d
-    convolutions keep the direct formulations.
+    convolutions keep the direct formulations (config d, k 5 with rhs dilation 2, 32 -> 64: fft
+    7.0 / 5.0).
     """
     g = geometry
     if any(v != 1 for v in g.stride + g.lhs_dilation + g.rhs_dilation):
