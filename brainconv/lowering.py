@@ -30,9 +30,15 @@ pad first.  The formulations:
 ``'fold'``
     The taps of the first spatial axis folded into the channels, leaving an
     (N-1)-d convolution (a matmul for 1-d) on ``'lax_vjp'``'s path; the
-    custom VJP above.
+    gradients above.
+``'fft'``
+    Real FFTs of the padded input and the kernel, a per-frequency channel
+    contraction, an inverse FFT (:mod:`brainconv._fft`; stride by
+    space-to-depth, short kernels transformed by DFT matmuls); its kernel
+    gradient the same way.  Cost nearly independent of the kernel size: for
+    long kernels.
 
-In every formulation but ``'lax'`` an lhs-dilated convolution (every
+In every formulation but ``'lax'`` and ``'fft'`` an lhs-dilated convolution (every
 transposed convolution with stride > 1, and the input gradient of every
 strided one) is split into its sub-pixel phases
 (:func:`brainconv.shapes.axis_phases`): each phase is a plain convolution of
@@ -130,6 +136,13 @@ def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: 
     against raw lax, forward / forward+backward; docs/performance.md has the
     tables):
 
+    * long kernels: ``'fft'`` where :func:`brainconv._fft.fft_wins` (stride 1,
+      no dilation; from 48 taps in 1-d, 81 in 2-d dense, 121 depthwise --
+      config i (1-d, 257 taps) 0.05-0.27 / 0.11-0.21, config j (depthwise
+      31x31) 0.02 / 0.02);
+    * any other kernel of more than :data:`brainconv._fft.TAPS_MAX` taps:
+      ``'lax'``, whose program does not grow with the taps ('taps' at 225
+      depthwise taps: 0.67 / 0.47 but 21 s to compile; at 257 1-d taps 84 s);
     * depthwise (one input channel per group, groups > 1): ``'taps'`` --
       config c: 0.03 / 0.06 (lax 132 / 412 ms);
     * grouped (several input channels per group): ``'im2col'`` -- 32x32x64,
@@ -143,6 +156,10 @@ def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: 
       1.97) and ``'fold'`` on 2-d forwards (config a: 1.54).
     """
     if backend != 'cpu':
+        return 'lax'
+    if _fft.fft_wins(geometry, groups, in_channels, out_channels):
+        return 'fft'
+    if _fft.taps_too_many(geometry):
         return 'lax'
     if groups > 1:
         return 'taps' if in_channels == groups else 'im2col'

@@ -352,6 +352,14 @@ def test_cpu_rules():
     assert lowering.choose(_geometry(2), 1, 1, 32, 'cpu') == 'lax_vjp'     # one input channel, not depthwise
     assert lowering.choose(_geometry(1), 1, 32, 64, 'cpu') == 'lax_vjp'
     assert lowering.choose(_geometry(2), 1, 64, 64, 'cpu') == 'lax_vjp'
+    # long kernels: FFT where measured to win (config i, j), else a program that does not grow with the taps
+    long_1d = shapes.conv_geometry((4096,), (257,), (1,), 'SAME', (1,), (1,))
+    assert lowering.choose(long_1d, 1, 16, 16, 'cpu') == 'fft'
+    large_dw = shapes.conv_geometry((64, 64), (31, 31), (1, 1), 'SAME', (1, 1), (1, 1))
+    assert lowering.choose(large_dw, 32, 32, 32, 'cpu') == 'fft'
+    strided_dw = shapes.conv_geometry((64, 64), (15, 15), (2, 2), 'SAME', (1, 1), (1, 1))
+    assert lowering.choose(strided_dw, 32, 32, 32, 'cpu') == 'lax'
+    assert lowering.choose(large_dw, 32, 32, 32, 'gpu') == 'lax'
 
 
 def test_global_setting_and_context_manager():
