@@ -243,7 +243,7 @@ _SHARED_TAIL = """\
 _LOWERING_ARG = """\
     lowering : str, optional
         The exact formulation the convolution runs as: 'lax', 'lax_vjp', 'im2col', 'taps',
-        'fold' or 'auto' (see :mod:`brainconv.lowering`); None follows
+        'fold', 'fft' or 'auto' (see :mod:`brainconv.lowering`); None follows
         :func:`brainconv.set_lowering` (initially 'auto': measured per backend).  The
         ``lowering`` property reports the resolved choice.
 """
