@@ -72,7 +72,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from . import _args, _fft, _interop
-from .shapes import ConvGeometry, adjoint_geometry, axis_phases, kernel_span
+from .shapes import ConvGeometry, Phase, adjoint_geometry, axis_phases, kernel_span
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core']
 
@@ -444,18 +444,24 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
 # Phases
 # --------------------------------------------------------------------------- #
 
-def _phase_plan(g: ConvGeometry) -> Tuple[List[int], list]:
-    """The sub-pixel phases of an lhs-dilated core convolution.
+def _phase_plan(g: ConvGeometry, split: Sequence[int] | None = None) -> Tuple[List[int], list]:
+    """The sub-pixel phases of an lhs-dilated core convolution, along the axes ``split``
+    (default: every axis; the others keep their lhs dilation).
 
     Returns the period of every axis and, per combination of per-axis phases,
     ``None`` (every tap of it reads inserted zeros) or ``(kernel index, output
     index, sub-geometry)``: the taps it uses, the outputs it gives, and the
-    plain convolution that gives them.
+    convolution of the undilated (along ``split``) input that gives them.
     """
     nd = g.num_spatial_dims
-    per_axis = [axis_phases(n, k, s, d, ld, lo, out) for n, k, s, d, ld, (lo, _), out in zip(
-        g.in_spatial, g.kernel_size, g.stride, g.rhs_dilation, g.lhs_dilation, g.pads, g.out_spatial)]
+    split = range(nd) if split is None else split
+    per_axis = []
+    for a, (n, k, s, d, ld, (lo, hi), out) in enumerate(zip(
+            g.in_spatial, g.kernel_size, g.stride, g.rhs_dilation, g.lhs_dilation, g.pads, g.out_spatial)):
+        per_axis.append(axis_phases(n, k, s, d, ld, lo, out) if a in split
+                        else (1, [Phase(0, out, 0, k, 1, s, d, (lo, hi))]))
     periods = [p for p, _ in per_axis]
+    lhs = tuple(1 if a in split else ld for a, ld in enumerate(g.lhs_dilation))
     plan = []
     for combo in itertools.product(*(phases for _, phases in per_axis)):
         if any(ph.empty for ph in combo):
@@ -465,17 +471,18 @@ def _phase_plan(g: ConvGeometry) -> Tuple[List[int], list]:
                      for ph in combo)
         outs = (slice(None),) + tuple(slice(ph.residue, None, p) for ph, p in zip(combo, periods))
         sub = ConvGeometry(g.in_spatial, tuple(ph.count for ph in combo), tuple(ph.num_taps for ph in combo),
-                           tuple(ph.stride for ph in combo), tuple(ph.pads for ph in combo), (1,) * nd,
+                           tuple(ph.stride for ph in combo), tuple(ph.pads for ph in combo), lhs,
                            tuple(ph.rhs_dilation for ph in combo))
         plan.append((taps, outs, sub))
     return periods, plan
 
 
 def _phased(forward: Callable, x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int,
-            precision: Any) -> jax.Array:
-    """An lhs-dilated core convolution as its sub-pixel phases (each by ``forward``), interleaved."""
+            precision: Any, split: Sequence[int] | None = None) -> jax.Array:
+    """An lhs-dilated core convolution as its sub-pixel phases along ``split`` (default: every
+    axis), each by ``forward``, interleaved."""
     nd = g.num_spatial_dims
-    periods, plan = _phase_plan(g)
+    periods, plan = _phase_plan(g, split)
     q = [-(-out // p) for out, p in zip(g.out_spatial, periods)]
     pieces: List[jax.Array] = []
     for entry in plan:
@@ -517,12 +524,18 @@ def _lhs_dilated(g: ConvGeometry) -> bool:
 # The formulations, as (forward, weight gradient) pairs of plain functions
 # --------------------------------------------------------------------------- #
 
-def _forward_phased(forward: Callable, keep_2d_lhs_dilation: bool = False) -> Callable:
-    """``forward`` for any core geometry: lhs-dilated ones split into phases first."""
+def _forward_phased(forward: Callable, keep_2d_lhs_dilation: bool = False, first_axis_only: bool = False) -> Callable:
+    """``forward`` for any core geometry: lhs-dilated ones split into phases first (along the
+    first axis only for ``'fold'``, whose (N-1)-d rest XLA runs lhs-dilated: 2 phases instead of 8
+    for a stride-2 3-d transposed convolution: a 3-d U-Net's step compiles in 4.9 -> 3.9 s)."""
     def run(x, w, g, groups, precision):
-        if _lhs_dilated(g) and not (keep_2d_lhs_dilation and g.num_spatial_dims == 2):
-            return _phased(forward, x, w, g, groups, precision)
-        return forward(x, w, g, groups, precision)
+        if not _lhs_dilated(g) or (keep_2d_lhs_dilation and g.num_spatial_dims == 2):
+            return forward(x, w, g, groups, precision)
+        if first_axis_only and g.num_spatial_dims > 1:
+            if g.lhs_dilation[0] == 1:
+                return forward(x, w, g, groups, precision)
+            return _phased(forward, x, w, g, groups, precision, split=(0,))
+        return _phased(forward, x, w, g, groups, precision)
     return run
 
 
@@ -572,7 +585,7 @@ FORMULATIONS = {
     'lax_vjp': Formulation(_forward_phased(_forward_lax, keep_2d_lhs_dilation=True), _weight_grad_any),
     'im2col': Formulation(_forward_phased(_forward_im2col), _weight_grad_any),
     'taps': Formulation(_forward_phased(_forward_taps), _weight_grad_any),
-    'fold': Formulation(_forward_phased(_forward_fold), _weight_grad_any),
+    'fold': Formulation(_forward_phased(_forward_fold, first_axis_only=True), _weight_grad_any),
     'fft': Formulation(_fft.forward, _fft.weight_grad),
 }
 
