@@ -1,0 +1,104 @@
+"""A/B: brainconv at an older git revision against the working tree, in one process.
+
+The older package is extracted with ``git archive`` into a temporary folder and imported as
+``brainconv_old`` (its imports are relative, so the rename is all it needs); both versions' layers
+get the same weights and are timed jitted, forward and forward+backward (gradients with respect to
+input and weights), in interleaved rounds that alternate which goes first.  Printed: the median over
+rounds of the per-round ratio new / old (< 1: the working tree is faster), and the formulation the
+new layer runs as.  Not a test: nothing here asserts a speed.
+
+Usage::
+
+    python benchmarks/ab_versions.py --old 84a6f67            # configs a-f, h of bench_cpu.py
+    python benchmarks/ab_versions.py --old HEAD~3 --configs a,f --rounds 11
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The layer configs of bench_cpu.py (a-f, h), as constructor arguments.
+CONFIGS = {
+    'a': dict(nd=2, spatial=(32, 32), cin=64, cout=64, k=3, batch=32, kw=dict(padding=1)),
+    'b': dict(nd=2, spatial=(64, 64), cin=3, cout=32, k=3, batch=32, kw=dict(stride=2)),
+    'c': dict(nd=2, spatial=(32, 32), cin=128, cout=128, k=3, batch=32, kw=dict(groups=128)),
+    'd': dict(nd=1, spatial=(1024,), cin=32, cout=64, k=5, batch=32, kw=dict(padding=4, rhs_dilation=2)),
+    'e': dict(nd=3, spatial=(16, 16, 16), cin=8, cout=16, k=3, batch=8, kw=dict()),
+    'f': dict(nd=2, spatial=(16, 16), cin=64, cout=32, k=3, batch=32, kw=dict(stride=2), transposed=True),
+    'h-circ': dict(nd=2, spatial=(32, 32), cin=64, cout=64, k=3, batch=32, kw=dict(padding=1, padding_mode='CIRCULAR')),
+    'h-refl': dict(nd=2, spatial=(32, 32), cin=64, cout=64, k=3, batch=32, kw=dict(padding=1, padding_mode='REFLECT')),
+}
+
+
+def _extract(rev: str, into: str) -> None:
+    archive = subprocess.run(['git', '-C', ROOT, 'archive', rev, 'brainconv'], check=True, capture_output=True).stdout
+    subprocess.run(['tar', '-x', '-C', into], input=archive, check=True)
+    os.rename(os.path.join(into, 'brainconv'), os.path.join(into, 'brainconv_old'))
+
+
+def _layer(module, cfg):
+    cls = module.ConvTranspose if cfg.get('transposed') else module.Conv
+    return cls(cfg['nd'], cfg['spatial'] + (cfg['cin'],), cfg['cout'], cfg['k'], **cfg['kw'])
+
+
+def _best_of(fn, args, reps):
+    import jax
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--old', required=True, help='git revision of the older brainconv')
+    parser.add_argument('--configs', default=','.join(CONFIGS), help='comma-separated subset of ' + ','.join(CONFIGS))
+    parser.add_argument('--rounds', type=int, default=7)
+    parser.add_argument('--reps', type=int, default=5, help='timed calls per measurement (the best is kept)')
+    args = parser.parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix='brainconv-ab-')
+    _extract(args.old, tmp)
+    sys.path.insert(0, tmp)
+    sys.path.insert(0, ROOT)
+    import brainconv_old
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import brainconv
+
+    print(f"new / old (old = {args.old}); medians of {args.rounds} interleaved rounds; < 1: new is faster")
+    for key in args.configs.split(','):
+        cfg = CONFIGS[key]
+        new, old = _layer(brainconv, cfg), _layer(brainconv_old, cfg)
+        old.weight.value = new.weight.value
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((cfg['batch'],) + cfg['spatial'] + (cfg['cin'],)),
+                        jnp.float32)
+        fns = {}
+        for name, layer in (('new', new), ('old', old)):
+            fns[name, 'fwd'] = jax.jit(layer.apply)
+            fns[name, 'fb'] = jax.jit(jax.grad(lambda p, a, lay=layer: jnp.sum(lay.apply(p, a) ** 2), argnums=(0, 1)))
+        ratios = {'fwd': [], 'fb': []}
+        for i in range(args.rounds):
+            for mode in ratios:
+                order = ('new', 'old') if i % 2 == 0 else ('old', 'new')
+                t = {name: _best_of(fns[name, mode], (new.weight.value, x), args.reps) for name in order}
+                ratios[mode].append(t['new'] / t['old'])
+        print(f"{key}: forward {statistics.median(ratios['fwd']):.2f}  fwd+bwd {statistics.median(ratios['fb']):.2f}"
+              f"   (new runs as {new.lowering})", flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
