@@ -92,8 +92,10 @@ def test_data_parallel_runs_equal_the_single_device_run():
     report = _report()
     auto = report.pop('auto')
     assert len(report) == 7 * len(brainconv.LOWERINGS)
-    # float32 rounding only: the sums over the batch are split across devices
-    bad = {k: v['err'] for k, v in report.items() if not v['err'] < 1e-4}
+    # float32 rounding only: the sums over the batch are split across devices (the depthwise kernel
+    # gradient, a sum over 8 x 6 x 6 positions, differs by up to 1.2e-4 of its largest entry with jax 0.12,
+    # raw lax included)
+    bad = {k: v['err'] for k, v in report.items() if not v['err'] < 5e-4}
     assert not bad, f"sharded results differ from the single-device run: {bad}"
     for key, v in report.items():
         assert v['devices'] == 4, key
