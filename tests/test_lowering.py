@@ -312,6 +312,21 @@ def test_named_configurations(case):
     assert check_case(case)
 
 
+def test_both_kernel_gradient_paths_match_the_oracle(monkeypatch):
+    """Small ungrouped kernel gradients run as a loop over the taps (lowering.SMALL_MACS), large ones
+    as stacked patches: the test shapes are small, so force the patches path here too."""
+    cases = [dict(nd=2, transposed=False, k=(3, 2), stride=(2, 1), rd=(1, 2), n=(7, 6), groups=1, cin=3, cout=2,
+                  padding='SAME', channel_first=False, batch=2, mode='ZEROS', ld=(1, 1), output_padding=(0, 0)),
+             dict(nd=3, transposed=True, k=(3, 2, 2), stride=(2, 1, 2), rd=(1, 1, 1), n=(3, 4, 3), groups=1, cin=2,
+                  cout=3, padding='SAME', channel_first=False, batch=1, mode='ZEROS', ld=(1, 1, 1),
+                  output_padding=(0, 0, 0))]
+    for case in cases:
+        assert check_case(case)
+    monkeypatch.setattr(lowering, 'SMALL_MACS', 0)
+    for case in cases:
+        assert check_case(case)
+
+
 def test_oracle_is_not_trivial():
     """The oracle itself against a direct quadruple loop on one small case."""
     rng = np.random.default_rng(3)
