@@ -588,7 +588,8 @@ def _weight_grad_loop(x, gy, g, precision):
 
 
 def _weight_grad_any(x, gy, g, groups, precision):
-    """The kernel gradient for every formulation but 'fft': row-windowed patches^T @ grad.
+    """The kernel gradient for every formulation but 'fft': row-windowed patches^T @ grad, or for
+    small ungrouped convolutions (:data:`SMALL_MACS`) a loop over the taps.
 
     An lhs-dilated convolution with stride 1 (every transposed convolution) is
     the adjoint of a strided one, ``<gy, conv(x, w)> = <x, conv(gy,
