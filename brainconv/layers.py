@@ -62,11 +62,6 @@ def _as_dtype(value: Any, dtype: np.dtype | None) -> Any:
     return _units.attach(m, unit)
 
 
-def _accumulation_dtype(dtype: np.dtype) -> np.dtype:
-    """What a convolution computing in ``dtype`` accumulates in: float32 for 16-bit (and smaller) floats."""
-    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
-
-
 class _ConvBase(brainstate.nn.Module):
     """Machinery shared by every layer here; not public."""
 
@@ -176,7 +171,7 @@ class _ConvBase(brainstate.nn.Module):
         out_unit = _units.product(x_unit, w_unit)
         bias = _units.bias_mantissa(params['bias'], out_unit, type(self).__name__) if 'bias' in params else None
         if self.dtype is not None:  # round every operand to dtype, compute in the accumulation dtype
-            acc = _accumulation_dtype(self.dtype)
+            acc = _lowering.accumulation_dtype(self.dtype)
             xm, *kernels = (jnp.asarray(a).astype(self.dtype).astype(acc) for a in (xm, *kernels))
             bias = None if bias is None else jnp.asarray(bias).astype(self.dtype).astype(acc)
 

@@ -302,7 +302,7 @@ def _itemsize(x: jax.Array) -> int:
 def lax_conv(x: jax.Array, w: jax.Array, **kwargs: Any) -> jax.Array:
     """``lax.conv_general_dilated``, accumulating 16-bit inputs in float32 (the ``'lax'`` formulation)."""
     dtype = x.dtype
-    if _compute_dtype(dtype) == dtype:
+    if accumulation_dtype(dtype) == dtype:
         return lax.conv_general_dilated(x, w, **kwargs)
     return lax.conv_general_dilated(x, w, preferred_element_type=jnp.float32, **kwargs).astype(dtype)
 
@@ -662,15 +662,16 @@ FORMULATIONS = {
 # formulation's plain functions, so XLA sees the formulation's own ops, and
 # sharding propagates through them.
 
-def _compute_dtype(dtype) -> Any:
-    """16-bit floats are computed (and accumulated) in float32."""
+def accumulation_dtype(dtype) -> Any:
+    """The dtype a convolution of ``dtype`` operands computes and accumulates in: float32 for
+    16-bit floats, ``dtype`` itself otherwise (the layers' ``dtype`` policy uses it too)."""
     return jnp.float32 if jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating) else dtype
 
 
 def _upcast(fn: Callable) -> Callable:
     def run(a, b, **params):
         dtype = a.dtype
-        ct = _compute_dtype(dtype)
+        ct = accumulation_dtype(dtype)
         out = fn(a.astype(ct), b.astype(ct), **params)
         return out.astype(dtype)
     return run
