@@ -32,11 +32,10 @@ def product(a: u.Unit | None, b: u.Unit | None) -> u.Unit | None:
 
 def bias_mantissa(bias: Any, out_unit: u.Unit | None, layer: str) -> Any:
     """The bias as a plain array in ``out_unit``; TypeError, saying how to fix it, if the units disagree."""
-    b, b_unit = split(bias)
-    if b_unit is None and out_unit is None:
+    b = _in_unit(bias, out_unit)
+    if b is not None:
         return b
-    if b_unit is not None and out_unit is not None and b_unit.has_same_dim(out_unit):
-        return bias.to_decimal(out_unit)
+    b_unit = split(bias)[1]
     if out_unit is None:
         fix = "give b_init no unit, or give the input or the weights a unit"
     else:
@@ -64,13 +63,21 @@ def unit_arg(value: Any, name: str) -> u.Unit | None:
 
 def mantissa_in(x: Any, unit: u.Unit | None, what: str) -> Any:
     """``x`` as a plain array in ``unit``; TypeError if its unit has another dimension."""
-    m, x_unit = split(x)
-    if x_unit is None and unit is None:
-        return m
-    if x_unit is None or unit is None or not x_unit.has_same_dim(unit):
-        raise TypeError(f"{what} has unit {_name(x_unit)} but the state holds {_name(unit)}; "
+    m = _in_unit(x, unit)
+    if m is None:
+        raise TypeError(f"{what} has unit {_name(split(x)[1])} but the state holds {_name(unit)}; "
                         f"pass the unit to init_state(unit=...)")
-    return x.to_decimal(unit)
+    return m
+
+
+def _in_unit(value: Any, unit: u.Unit | None) -> Any:
+    """``value`` as a plain array in ``unit`` (both unitless, or units of one dimension), else None."""
+    m, v_unit = split(value)
+    if v_unit is None and unit is None:
+        return m
+    if v_unit is not None and unit is not None and v_unit.has_same_dim(unit):
+        return value.to_decimal(unit)
+    return None
 
 
 def _code(unit: u.Unit) -> str:
