@@ -499,7 +499,7 @@ def _phased(forward: Callable, x: jax.Array, w: jax.Array, g: ConvGeometry, grou
     return lax.slice(y, (0,) * y.ndim, (y.shape[0],) + tuple(g.out_spatial) + (y.shape[-1],))
 
 
-def _phased_weight_grad(weight_grad_fn: Callable, x, gy, g, groups, precision):
+def _phased_weight_grad(x, gy, g, groups, precision):
     """The kernel gradient of an lhs-dilated core convolution, phase by phase (each tap
     belongs to at most one phase; one that reads only inserted zeros gets zero)."""
     _, plan = _phase_plan(g)
@@ -508,7 +508,7 @@ def _phased_weight_grad(weight_grad_fn: Callable, x, gy, g, groups, precision):
     for entry in plan:
         if entry is not None:
             taps, outs, sub = entry
-            block = weight_grad_fn(x, gy[outs], sub, groups, precision)
+            block = weight_grad(x, gy[outs], sub, groups, precision)
             # the phase's taps are a strided sub-grid of the kernel: place the block there by
             # (interior) padding -- a scatter here crashes XLA:CPU under second-order autodiff
             config = [(t.start, k - 1 - (t.start + (n - 1) * t.step), t.step - 1)
@@ -602,7 +602,7 @@ def _weight_grad_any(x, gy, g, groups, precision):
     if _lhs_dilated(g) and all(s == 1 for s in g.stride):
         return adjoint_kernel(_weight_grad_any(gy, x, adjoint_geometry(g), groups, precision), groups)
     if _lhs_dilated(g):
-        return _phased_weight_grad(weight_grad, x, gy, g, groups, precision)
+        return _phased_weight_grad(x, gy, g, groups, precision)
     if g.num_spatial_dims == 1 and groups == 1:
         # XLA's own 1-d weight gradient is the faster one (config d: 7.0 ms, row windows 11.6 ms).
         _, pullback = jax.vjp(lambda v: direct(x, v, g, groups, precision), jnp.zeros(
