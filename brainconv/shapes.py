@@ -34,7 +34,7 @@ PADDING_MODES = ('ZEROS', 'REFLECT', 'REPLICATE', 'CIRCULAR')
 __all__ = [
     'PADDING_STRINGS', 'PADDING_MODES', 'ConvGeometry',
     'kernel_span', 'dilated_length', 'resolve_pads', 'conv_out_length',
-    'transpose_out_length', 'transpose_lax_pads', 'adjoint_output_padding',
+    'transpose_out_length', 'transpose_lax_pads', 'lax_conv_transpose_pads', 'adjoint_output_padding',
     'conv_geometry', 'conv_transpose_geometry',
     'ReceptiveField', 'receptive_field_step',
     'transpose_as_conv', 'adjoint_geometry', 'Phase', 'axis_phases',
@@ -118,6 +118,21 @@ def transpose_out_length(
             return m * s - output_padding
     lo, hi = padding
     return (m - 1) * s + kernel_span(k, d) - lo - hi + output_padding
+
+
+def lax_conv_transpose_pads(span: int, s: int, padding: str) -> Tuple[int, int]:
+    """The pads of the stride-dilated input that ``jax.lax.conv_transpose`` (and
+    brainstate's ConvTranspose) use for 'SAME' or 'VALID', on one axis with kernel span
+    ``span`` and stride ``s`` (brainconv.summary reads brainstate's layers with it)."""
+    if padding == 'SAME':
+        total = span + s - 2
+        low = span - 1 if s > span - 1 else -(-total // 2)
+    elif padding == 'VALID':
+        total = span + s - 2 + max(span - s, 0)
+        low = span - 1
+    else:
+        raise ValueError(f"padding {padding!r}")
+    return low, total - low
 
 
 def transpose_lax_pads(m: int, n: int, k: int, s: int, d: int, lo: int, hi: int) -> Tuple[int, int]:

@@ -48,6 +48,7 @@ from .shapes import (
     conv_geometry,
     conv_transpose_geometry,
     kernel_span,
+    lax_conv_transpose_pads,
     receptive_field_step,
 )
 from .streaming import StreamingConv
@@ -395,20 +396,6 @@ def _pool_geometry(layer: Any, in_size: Size) -> Tuple[ConvGeometry, Tuple[int, 
     return geometry, pooled
 
 
-def _lax_transpose_pads(span: int, s: int, padding: str) -> Tuple[int, int]:
-    """The pads of the stride-dilated input that ``jax.lax.conv_transpose`` (and
-    brainstate's ConvTranspose) use for 'SAME' or 'VALID', on one axis."""
-    if padding == 'SAME':
-        total = span + s - 2
-        low = span - 1 if s > span - 1 else -(-total // 2)
-    elif padding == 'VALID':
-        total = span + s - 2 + max(span - s, 0)
-        low = span - 1
-    else:
-        raise ValueError(f"padding {padding!r}")
-    return low, total - low
-
-
 def _brainstate_spec(layer: Any) -> ConvSpec | None:
     """A brainstate convolution layer as the brainconv ConvSpec that computes the same thing.
 
@@ -431,7 +418,7 @@ def _brainstate_spec(layer: Any) -> ConvSpec | None:
         if not isinstance(padding, str):
             padding = tuple((int(lo), int(hi)) for lo, hi in padding)
         if isinstance(layer, _BS_TRANSPOSES):
-            lax_pads = (tuple(_lax_transpose_pads(kernel_span(kk, d), ss, padding) for kk, ss, d in zip(k, s, rd))
+            lax_pads = (tuple(lax_conv_transpose_pads(kernel_span(kk, d), ss, padding) for kk, ss, d in zip(k, s, rd))
                         if isinstance(padding, str) else padding)
             pads: Pads = ()
             output_padding: Tuple[int, ...] = ()
