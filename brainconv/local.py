@@ -17,7 +17,6 @@ ordinary differentiable primitives.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence, Tuple, Union
@@ -41,6 +40,7 @@ from .layers import (
     _materialize,
     _show_signature,
 )
+from .lowering import _tap_slices
 from .shapes import ConvGeometry, Padding
 
 __all__ = ['LocalConv', 'LocalConv1d', 'LocalConv2d', 'LocalConv3d', 'local_conv']
@@ -89,11 +89,7 @@ def local_conv_resolved(x: jax.Array, w: jax.Array, geometry: ConvGeometry, grou
     config = [(0, 0, 0)] + [(lo, hi, ld - 1) for (lo, hi), ld in zip(pads, g.lhs_dilation)] + [(0, 0, 0)]
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
     batch, cin = x.shape[0], x.shape[-1]
-    taps = []
-    for tap in itertools.product(*(range(k) for k in g.kernel_size)):
-        start = tuple(t * d for t, d in zip(tap, g.rhs_dilation))
-        limit = tuple(s0 + (o - 1) * s + 1 for s0, o, s in zip(start, g.out_spatial, g.stride))
-        taps.append(lax.slice(xp, (0,) + start + (0,), (batch,) + limit + (cin,), (1,) + g.stride + (1,)))
+    taps = list(_tap_slices(xp, g))
     positions, ntaps, cout = math.prod(g.out_spatial), len(taps), w.shape[-1]
     patches = jnp.stack(taps, axis=-2).reshape(batch, positions, ntaps, groups, cin // groups)
     kernel = w.reshape(positions, ntaps, cin // groups, groups, cout // groups)
