@@ -219,9 +219,12 @@ def dtype_of(x: Any) -> np.dtype:
     return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
 
 
-def input_array(shape: Sequence[int], dtype: Any, in_size: Sequence[int], layer: str) -> int:
-    """Check a call's input; return its number of leading batch axes."""
-    shape, in_size = tuple(shape), tuple(in_size)
+def input_array(x: Any, in_size: Sequence[int], layer: str) -> int:
+    """Check a call's input (a plain array: units split off); return its number of leading batch axes.
+
+    Its dtype is the one the user passed (:func:`dtype_of`), so a message names it.
+    """
+    shape, in_size, dtype = tuple(np.shape(x)), tuple(in_size), dtype_of(x)
     nb = len(shape) - len(in_size)
     if nb < 0 or shape[nb:] != in_size:
         raise ValueError(f"{layer} expects input of shape (*batch, *in_size) = (*batch, "

@@ -166,7 +166,7 @@ class _ConvBase(brainstate.nn.Module):
         ``jax.grad``/``jax.jit``, which cannot write brainstate states.
         """
         xm, x_unit = _units.split(x)
-        _args.input_array(jnp.shape(xm), _args.dtype_of(xm), self.in_size, type(self).__name__)
+        _args.input_array(xm, self.in_size, type(self).__name__)
         kernels, w_unit = self._kernels(params)
         out_unit = _units.product(x_unit, w_unit)
         bias = _units.bias_mantissa(params['bias'], out_unit, type(self).__name__) if 'bias' in params else None

@@ -174,7 +174,7 @@ class StreamingConv(brainstate.nn.Module):
         conv, name = self.conv, type(self).__name__
         state = self._buffer_state()
         xm = _units.mantissa_in(x, self._unit, f'{name} input')
-        nb = _args.input_array(jnp.shape(xm), jnp.result_type(xm), self.in_size, name)
+        nb = _args.input_array(xm, self.in_size, name)
         buf, _ = _units.split(state.value)
         batch = tuple(buf.shape[:buf.ndim - len(self.state_size)])
         if tuple(jnp.shape(xm)[:nb]) != batch:
