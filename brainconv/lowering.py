@@ -61,6 +61,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import os
 from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import jax
@@ -315,27 +316,78 @@ def direct(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision: 
         feature_group_count=groups, precision=precision)
 
 
+#: jaxlib releases before 0.12 run XLA:CPU's YNNPACK convolutions on one thread (config a's
+#: forward: 15.2 ms of wall and 15.2 ms of CPU time on 2 cores, jaxlib 0.10.2; 8.9 ms wall and
+#: 17.5 ms CPU in jaxlib 0.12), while the Eigen convolution XLA falls back to runs on every
+#: core (8.6 ms wall, 16.9 ms CPU).  See :func:`_ynn_escape`.
+YNN_SINGLE_THREADED = tuple(int(p) for p in jax.lib.__version__.split('.')[:2]) < (0, 12) and (os.cpu_count() or 1) > 1
+
+#: The largest fraction of extra output rows :func:`_ynn_escape` computes to leave YNNPACK's
+#: single thread (on 2 cores the Eigen path runs 1.76x faster; 3 extra rows of 32: 9%).
+YNN_ESCAPE_MAX_EXTRA = 0.25
+
+#: The fewest input and output channels for which :func:`_ynn_escape` leaves YNNPACK: Eigen's
+#: convolution is slower on thin ones (32x32, k3, batch 32, Eigen / YNNPACK: 4 -> 64 channels
+#: 1.88, 8 -> 64 0.98, 16 -> 64 0.79, 64 -> 8 1.38, 64 -> 16 0.87, 64 -> 64 0.57; 1x1 kernels 1.13).
+YNN_ESCAPE_MIN_CHANNELS = 16
+
+
+def _ynn_escape(x: jax.Array, w: jax.Array, pads: Sequence[Tuple[int, int]], g: ConvGeometry, groups: int):
+    """``(axis, rows)``: the extra output rows along ``axis`` that take one convolution off
+    XLA:CPU's single-threaded YNNPACK path, or None.
+
+    XLA:CPU (``xla/backends/cpu/ynn_support.cc``) hands a 2-d float32/float64
+    convolution without lhs dilation and with more than 16 channels on either
+    side to YNNPACK unless an output axis is longer than the input axis; in
+    jaxlib < 0.12 that kernel runs on one thread (:data:`YNN_SINGLE_THREADED`),
+    and where the Eigen convolution is faster (at least
+    :data:`YNN_ESCAPE_MIN_CHANNELS` channels in and out, more than one tap)
+    the convolution is taken off it.
+    Padding one axis low by ``rows * stride`` makes it longer by ``rows``; the
+    caller crops those rows.  The axis is the one with the fewest rows
+    relative to its length, and only if that is at most
+    :data:`YNN_ESCAPE_MAX_EXTRA`.
+    """
+    nd = g.num_spatial_dims
+    if (not YNN_SINGLE_THREADED or nd != 2 or _lhs_dilated(g) or x.dtype not in (jnp.float32, jnp.float64)
+            or min(x.shape[-1], w.shape[-1]) < YNN_ESCAPE_MIN_CHANNELS or math.prod(g.kernel_size) == 1):
+        return None
+    best = None
+    for axis in range(nd):
+        n, s = x.shape[1 + axis], g.stride[axis]
+        span = (g.kernel_size[axis] - 1) * g.rhs_dilation[axis] + 1
+        out = (n + pads[axis][0] + pads[axis][1] - span) // s + 1
+        if out > n or span > n:
+            return None                                             # not a YNNPACK convolution
+        rows = n + 1 - out
+        if rows <= YNN_ESCAPE_MAX_EXTRA * out and (best is None or rows * best[2] < best[1] * out):
+            best = (axis, rows, out)
+    return None if best is None else best[:2]
+
+
 def _forward_lax(x, w, g, groups, precision):
-    """``lax.conv_general_dilated`` that never sees an all-zero (VALID) window.
+    """``lax.conv_general_dilated`` that never sees an all-zero (VALID) window, nor (jaxlib < 0.12)
+    XLA:CPU's single-threaded YNNPACK path where leaving it costs few extra rows.
 
     XLA:CPU sends a convolution without padding to a slow kernel (config h:
     a VALID 3x3 convolution of a pre-padded 34x34x64 batch 81 ms, the same
     work as a pad-1 convolution 31 ms).  Negative pads are cropped first
     (without lhs dilation); if no pad is left, the last spatial axis is
-    padded low by its stride and the one extra output cropped.
+    padded low by its stride and the one extra output cropped.  The extra
+    rows of :func:`_ynn_escape` are padded and cropped the same way.
     """
     nd = g.num_spatial_dims
     pads = list(g.pads)
     if all(ld == 1 for ld in g.lhs_dilation):  # (lhs-dilated: pads count dilated positions; lax crops)
         x = _pad(x, [(min(lo, 0), min(hi, 0)) for lo, hi in g.pads])
         pads = [(max(lo, 0), max(hi, 0)) for lo, hi in g.pads]
-    crop = all(p == (0, 0) for p in pads)
-    if crop:
-        pads[-1] = (g.stride[-1], 0)
+    axis, rows = _ynn_escape(x, w, pads, g, groups) or (nd - 1, int(all(p == (0, 0) for p in pads)))
+    if rows:
+        pads[axis] = (pads[axis][0] + rows * g.stride[axis], pads[axis][1])
     y = lax.conv_general_dilated(
         x, w, window_strides=g.stride, padding=pads, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation,
         dimension_numbers=_dimension_numbers(nd), feature_group_count=groups, precision=precision)
-    return lax.slice_in_dim(y, 1, y.shape[nd], axis=nd) if crop else y
+    return lax.slice_in_dim(y, rows, y.shape[axis + 1], axis=axis + 1) if rows else y
 
 
 def _forward_taps(x, w, g, groups, precision):

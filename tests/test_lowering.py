@@ -327,6 +327,47 @@ def test_both_kernel_gradient_paths_match_the_oracle(monkeypatch):
         assert check_case(case)
 
 
+def test_ynnpack_escape_matches_the_oracle(monkeypatch):
+    """jaxlib < 0.12 runs XLA:CPU's YNNPACK convolutions on one thread, and 'lax_vjp' (and 'fold''s
+    inner convolution, and every input gradient on that path) pads extra output rows to leave it
+    (lowering._ynn_escape).  Force the escape on every 2-d convolution here, whatever the jaxlib,
+    the channel count or the number of extra rows, and check it against the oracle."""
+    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', True)
+    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MAX_EXTRA', 100.0)
+    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MIN_CHANNELS', 1)
+    calls = []
+    escape = lowering._ynn_escape
+    monkeypatch.setattr(lowering, '_ynn_escape', lambda *a: calls.append(escape(*a)) or calls[-1])
+    base = dict(nd=2, transposed=False, rd=(1, 1), groups=1, channel_first=False, batch=2, ld=(1, 1),
+                output_padding=(0, 0))
+    cases = [dict(base, k=(3, 3), stride=(1, 1), n=(6, 5), cin=3, cout=4, padding='SAME', mode='ZEROS'),
+             dict(base, k=(3, 2), stride=(2, 1), n=(7, 6), cin=2, cout=3, padding='VALID', mode='REFLECT'),
+             dict(base, k=(2, 3), stride=(1, 2), n=(5, 7), cin=2, cout=2, padding=((0, 1), (2, 0)), mode='ZEROS',
+                  rd=(2, 1)),
+             dict(base, k=(3, 3), stride=(2, 2), n=(6, 6), cin=4, cout=2, padding='SAME', mode='ZEROS',
+                  transposed=True),
+             dict(base, nd=3, k=(2, 3, 3), stride=(1, 1, 2), n=(3, 5, 6), cin=2, cout=3, padding='SAME',
+                  mode='ZEROS', rd=(1, 1, 1), ld=(1, 1, 1), output_padding=(0, 0, 0))]
+    for case in cases:
+        assert check_case(case, names=('lax_vjp', 'fold'))
+    assert any(c is not None for c in calls)
+    # The rule itself: a 2-d SAME 3x3 convolution with 64 channels escapes by one row on one axis;
+    # thin, 1x1, 16-bit, 1-d and 3-d ones do not.
+    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MAX_EXTRA', 0.25)
+    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MIN_CHANNELS', 16)
+    g = _geometry(2, 32, 3)
+    x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
+    assert escape(x, w, g.pads, g, 1) in ((0, 1), (1, 1))
+    assert escape(x[..., :8], w[:, :, :8], g.pads, g, 1) is None
+    assert escape(x.astype(jnp.bfloat16), w, g.pads, g, 1) is None
+    g1 = _geometry(2, 32, 1)
+    assert escape(x, w[:1, :1], g1.pads, g1, 1) is None
+    g3 = _geometry(3, 8, 3)
+    assert escape(jnp.zeros((1, 8, 8, 8, 64)), jnp.zeros((3, 3, 3, 64, 64)), g3.pads, g3, 1) is None
+    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', False)
+    assert escape(x, w, g.pads, g, 1) is None
+
+
 def test_oracle_is_not_trivial():
     """The oracle itself against a direct quadruple loop on one small case."""
     rng = np.random.default_rng(3)
