@@ -150,7 +150,9 @@ def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: 
     * grouped (several input channels per group): ``'im2col'`` -- 32x32x64,
       groups 16: 0.39 / 0.03 (lax 98 / 3045 ms); groups 4: 0.49 / 0.10;
     * 3-d: ``'fold'`` -- config e: 0.24 / 0.31 (XLA:CPU runs 3-d convolutions
-      as a naive loop, 2-d ones through Eigen);
+      as a naive loop, 2-d ones through Eigen); and in jaxlib < 0.12 strided
+      2-d convolutions of at most 4 input channels (:func:`_thin_strided_2d`;
+      config b 0.47 / 0.88);
     * everything else: ``'lax_vjp'`` -- forward the same as lax except that a
       VALID window never reaches XLA (config h-circ 0.39), forward+backward
       config a 0.30, f (transposed, phases) 0.12, h-circ 0.43, h-refl 0.56,
@@ -165,9 +167,20 @@ def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: 
         return 'lax'
     if groups > 1:
         return 'taps' if in_channels == groups else 'im2col'
-    if geometry.num_spatial_dims == 3:
+    if geometry.num_spatial_dims == 3 or _thin_strided_2d(geometry, in_channels):
         return 'fold'
     return 'lax_vjp'
+
+
+def _thin_strided_2d(geometry: ConvGeometry, in_channels: int) -> bool:
+    """A strided 2-d convolution of at most 4 input channels, where YNNPACK runs on one thread
+    (:data:`YNN_SINGLE_THREADED`) and :func:`_ynn_escape` does not apply: ``'fold'`` makes it a
+    1-d convolution of 3x the channels, which XLA:CPU runs on every core (config b, 3 -> 32
+    channels, stride 2: forward 1.22 ms against 2.75 ms, forward+backward 3.64 against 3.12
+    ('lax_vjp') and 4.13 (raw lax); stride 1 or 8 input channels: no gain, and at stride 1 the
+    input gradient (3 output channels) runs 3.7x slower)."""
+    return (YNN_SINGLE_THREADED and geometry.num_spatial_dims == 2 and in_channels <= 4
+            and geometry.stride[0] > 1 and not _lhs_dilated(geometry))
 
 
 def resolve(lowering: str | None, geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int,
@@ -582,8 +595,10 @@ def _forward_phased(forward: Callable, keep_2d_lhs_dilation: bool = False, first
     first axis only for ``'fold'``, whose (N-1)-d rest XLA runs lhs-dilated: 2 phases instead of 8
     for a stride-2 3-d transposed convolution: a 3-d U-Net's step compiles in 4.9 -> 3.9 s)."""
     def run(x, w, g, groups, precision):
-        if not _lhs_dilated(g) or (keep_2d_lhs_dilation and g.num_spatial_dims == 2):
+        if not _lhs_dilated(g):
             return forward(x, w, g, groups, precision)
+        if keep_2d_lhs_dilation and g.num_spatial_dims == 2:
+            return _forward_lax(x, w, g, groups, precision)
         if first_axis_only and g.num_spatial_dims > 1:
             if g.lhs_dilation[0] == 1:
                 return forward(x, w, g, groups, precision)
@@ -689,7 +704,8 @@ FORMULATIONS = {
     'lax_vjp': Formulation(_forward_phased(_forward_lax, keep_2d_lhs_dilation=True), _weight_grad_any),
     'im2col': Formulation(_forward_phased(_forward_im2col), _weight_grad_any),
     'taps': Formulation(_forward_phased(_forward_taps), _weight_grad_any),
-    'fold': Formulation(_forward_phased(_forward_fold, first_axis_only=True), _weight_grad_any),
+    'fold': Formulation(_forward_phased(_forward_fold, keep_2d_lhs_dilation=True, first_axis_only=True),
+                        _weight_grad_any),
     'fft': Formulation(_fft.forward, _fft.weight_grad),
 }
 

@@ -399,7 +399,7 @@ def test_unmeasured_backends_use_the_direct_call(backend):
         assert lowering.choose(_geometry(nd), 1, 16, 16, backend) == 'lax'
 
 
-def test_cpu_rules():
+def test_cpu_rules(monkeypatch):
     assert lowering.choose(_geometry(2), 32, 32, 32, 'cpu') == 'taps'       # depthwise
     assert lowering.choose(_geometry(3), 1, 8, 16, 'cpu') == 'fold'         # 3-d
     assert lowering.choose(_geometry(2), 16, 64, 64, 'cpu') == 'im2col'     # grouped
@@ -416,6 +416,13 @@ def test_cpu_rules():
     strided_dw = shapes.conv_geometry((64, 64), (15, 15), (2, 2), 'SAME', (1, 1), (1, 1))
     assert lowering.choose(strided_dw, 32, 32, 32, 'cpu') == 'lax'
     assert lowering.choose(large_dw, 32, 32, 32, 'gpu') == 'lax'
+    # thin strided 2-d convolutions (config b) fold to 1-d while YNNPACK runs on one thread
+    strided = shapes.conv_geometry((64, 64), (3, 3), (2, 2), 'SAME', (1, 1), (1, 1))
+    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', True)
+    assert lowering.choose(strided, 1, 3, 32, 'cpu') == 'fold'
+    assert lowering.choose(strided, 1, 8, 32, 'cpu') == 'lax_vjp'
+    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', False)
+    assert lowering.choose(strided, 1, 3, 32, 'cpu') == 'lax_vjp'
 
 
 def test_global_setting_and_context_manager():
