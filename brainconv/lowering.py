@@ -57,6 +57,7 @@ gives ``'lax'``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import itertools
@@ -357,13 +358,14 @@ def _ynn_escape(x: jax.Array, w: jax.Array, pads: Sequence[Tuple[int, int]], g: 
     :data:`YNN_ESCAPE_MIN_CHANNELS` channels in and out, more than one tap)
     the convolution is taken off it.
     Padding one axis low by ``rows * stride`` makes it longer by ``rows``; the
-    caller crops those rows.  The axis is the one with the fewest rows
+    caller crops those rows.  Only while lowering for CPU (the primitives
+    register a CPU lowering of their own).  The axis is the one with the fewest rows
     relative to its length, and only if that is at most
     :data:`YNN_ESCAPE_MAX_EXTRA`.
     """
     nd = g.num_spatial_dims
-    if (not YNN_SINGLE_THREADED or nd != 2 or _lhs_dilated(g) or x.dtype not in (jnp.float32, jnp.float64)
-            or min(x.shape[-1], w.shape[-1]) < YNN_ESCAPE_MIN_CHANNELS or math.prod(g.kernel_size) == 1):
+    if (not YNN_SINGLE_THREADED or not _LOWERING_FOR_CPU.get() or nd != 2 or _lhs_dilated(g)
+            or x.dtype not in (jnp.float32, jnp.float64) or min(x.shape[-1], w.shape[-1]) < YNN_ESCAPE_MIN_CHANNELS or math.prod(g.kernel_size) == 1):
         return None
     best = None
     for axis in range(nd):
@@ -845,12 +847,29 @@ def _weight_grad_batch(args, dims, *, geometry, groups, formulation, precision):
     return jnp.moveaxis(dw, -2, 0), 0
 
 
+#: True while a primitive is being lowered for XLA:CPU (read by :func:`_ynn_escape`, a CPU-only rule).
+_LOWERING_FOR_CPU = contextvars.ContextVar('brainconv_lowering_for_cpu', default=False)
+
+
+def _lowering(impl: Callable, on_cpu: bool) -> Callable:
+    lower = mlir.lower_fun(_upcast(impl), multiple_results=False)
+
+    def rule(ctx, *args, **params):
+        token = _LOWERING_FOR_CPU.set(on_cpu)
+        try:
+            return lower(ctx, *args, **params)
+        finally:
+            _LOWERING_FOR_CPU.reset(token)
+    return rule
+
+
 def _primitive(name: str, impl: Callable, abstract: Callable, lhs_rule: Callable, rhs_rule: Callable,
                batch_rule: Callable) -> Primitive:
     prim = Primitive(name)
     prim.def_impl(functools.partial(dispatch.apply_primitive, prim))
     prim.def_abstract_eval(abstract)
-    mlir.register_lowering(prim, mlir.lower_fun(_upcast(impl), multiple_results=False))
+    mlir.register_lowering(prim, _lowering(impl, on_cpu=False))
+    mlir.register_lowering(prim, _lowering(impl, on_cpu=True), platform='cpu')
     ad.defbilinear(prim, lhs_rule, rhs_rule)
     batching.primitive_batchers[prim] = batch_rule
     return prim

@@ -352,11 +352,20 @@ def test_ynnpack_escape_matches_the_oracle(monkeypatch):
         assert check_case(case, names=('lax_vjp', 'fold'))
     assert any(c is not None for c in calls)
     # The rule itself: a 2-d SAME 3x3 convolution with 64 channels escapes by one row on one axis;
-    # thin, 1x1, 16-bit, 1-d and 3-d ones do not.
+    # thin, 1x1, 16-bit, 1-d and 3-d ones do not, nor anything lowered for another backend.
     monkeypatch.setattr(lowering, 'YNN_ESCAPE_MAX_EXTRA', 0.25)
     monkeypatch.setattr(lowering, 'YNN_ESCAPE_MIN_CHANNELS', 16)
     g = _geometry(2, 32, 3)
     x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
+    assert escape(x, w, g.pads, g, 1) is None
+    token = lowering._LOWERING_FOR_CPU.set(True)
+    try:
+        _check_escape_rule(escape, x, w, g, monkeypatch)
+    finally:
+        lowering._LOWERING_FOR_CPU.reset(token)
+
+
+def _check_escape_rule(escape, x, w, g, monkeypatch):
     assert escape(x, w, g.pads, g, 1) in ((0, 1), (1, 1))
     assert escape(x[..., :8], w[:, :, :8], g.pads, g, 1) is None
     assert escape(x.astype(jnp.bfloat16), w, g.pads, g, 1) is None
