@@ -413,7 +413,9 @@ def _jax_impl(name, apply, params, x, r, to_kernel, channel_first=False):
     def loss(p, xx, rr):  # arrays are arguments, never captured constants XLA would fold
         return jnp.vdot(apply(p, xx), rr)
 
-    fb_j = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    # value_and_grad, not grad: the loss is linear in the output, so its gradients alone do not
+    # need the forward convolution and XLA drops it; torch's fb (loss.backward()) runs it.
+    fb_j = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     jvp_j = jax.jit(lambda p, xx, tp, tx: jax.jvp(apply, (p, xx), (tp, tx)))
 
     def to_nhwc(a):
@@ -429,7 +431,7 @@ def _jax_impl(name, apply, params, x, r, to_kernel, channel_first=False):
         print(f"  {name}: no forward mode ({type(exc).__name__}: {str(exc).splitlines()[0][:100]})", flush=True)
         jvp = None
     return Impl(name, lambda: _block(fwd_j(params, x)), lambda: _block(fb_j(params, x, r)), to_nhwc,
-                lambda g: (to_nhwc(g[1]), np.asarray(to_kernel(g[0]))), jvp=jvp)
+                lambda out: (to_nhwc(out[1][1]), np.asarray(to_kernel(out[1][0]))), jvp=jvp)
 
 
 def _lax_apply(cfg: Config):
@@ -939,7 +941,8 @@ def crossover(families: List[str], rounds: int = 7, only: List[str] | None = Non
             run = {}
             for name, fn in fns.items():
                 f_exe, f_s = _compiled(fn, x, w)
-                b_exe, b_s = _compiled(jax.grad(lambda xx, ww, rr, fn=fn: jnp.vdot(fn(xx, ww), rr), (0, 1)), x, w, r)
+                b_exe, b_s = _compiled(jax.value_and_grad(lambda xx, ww, rr, fn=fn: jnp.vdot(fn(xx, ww), rr), (0, 1)),
+                                       x, w, r)
                 run[name] = (f_exe, b_exe, f_s, b_s)
                 _block(f_exe(x, w))
                 _block(b_exe(x, w, r))
