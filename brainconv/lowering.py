@@ -15,8 +15,10 @@ pad first.  The formulations:
     nothing was measured (GPU, TPU).
 ``'lax_vjp'``
     The same call, with the zero pads always handed to it (an all-zero
-    window goes to one axis padded by its stride, the extra output cropped),
-    and its own gradients: the input gradient is the adjoint convolution lowered
+    window goes to one axis padded by its stride, the extra output cropped;
+    in jaxlib < 0.12 a few extra rows where that moves a 2-d convolution off
+    XLA:CPU's single-threaded YNNPACK kernel, :func:`_ynn_escape`), and its
+    own gradients: the input gradient is the adjoint convolution lowered
     the same way, the weight gradient a sum over windows of output rows of
     ``im2col(x)^T @ grad`` (per-tap products, summed in one variadic reduce,
     for depthwise kernels; XLA's own for 1-d ungrouped kernels).
@@ -334,7 +336,8 @@ def direct(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision: 
 #: forward: 15.2 ms of wall and 15.2 ms of CPU time on 2 cores, jaxlib 0.10.2; 8.9 ms wall and
 #: 17.5 ms CPU in jaxlib 0.12), while the Eigen convolution XLA falls back to runs on every
 #: core (8.6 ms wall, 16.9 ms CPU).  See :func:`_ynn_escape`.
-YNN_SINGLE_THREADED = tuple(int(p) for p in jax.lib.__version__.split('.')[:2]) < (0, 12) and (os.cpu_count() or 1) > 1
+YNN_SINGLE_THREADED = (tuple(int(p) for p in jax.lib.__version__.split('.')[:2]) < (0, 12)
+                       and (os.cpu_count() or 1) > 1)
 
 #: The largest fraction of extra output rows :func:`_ynn_escape` computes to leave YNNPACK's
 #: single thread (on 2 cores the Eigen path runs 1.76x faster; 3 extra rows of 32: 9%).
@@ -346,26 +349,26 @@ YNN_ESCAPE_MAX_EXTRA = 0.25
 YNN_ESCAPE_MIN_CHANNELS = 16
 
 
-def _ynn_escape(x: jax.Array, w: jax.Array, pads: Sequence[Tuple[int, int]], g: ConvGeometry, groups: int):
+def _ynn_escape(x: jax.Array, w: jax.Array, pads: Sequence[Tuple[int, int]], g: ConvGeometry):
     """``(axis, rows)``: the extra output rows along ``axis`` that take one convolution off
     XLA:CPU's single-threaded YNNPACK path, or None.
 
     XLA:CPU (``xla/backends/cpu/ynn_support.cc``) hands a 2-d float32/float64
     convolution without lhs dilation and with more than 16 channels on either
-    side to YNNPACK unless an output axis is longer than the input axis; in
-    jaxlib < 0.12 that kernel runs on one thread (:data:`YNN_SINGLE_THREADED`),
-    and where the Eigen convolution is faster (at least
-    :data:`YNN_ESCAPE_MIN_CHANNELS` channels in and out, more than one tap)
-    the convolution is taken off it.
-    Padding one axis low by ``rows * stride`` makes it longer by ``rows``; the
-    caller crops those rows.  Only while lowering for CPU (the primitives
-    register a CPU lowering of their own).  The axis is the one with the fewest rows
-    relative to its length, and only if that is at most
-    :data:`YNN_ESCAPE_MAX_EXTRA`.
+    side to YNNPACK unless an output axis is longer than its input axis; in
+    jaxlib < 0.12 that kernel runs on one thread (:data:`YNN_SINGLE_THREADED`).
+    Padding one axis low by ``rows * stride`` makes its output ``rows`` longer,
+    longer than the input, so XLA runs Eigen's multi-threaded convolution; the
+    caller crops those rows.  Only where Eigen is the faster kernel (at least
+    :data:`YNN_ESCAPE_MIN_CHANNELS` channels in and out, more than one tap),
+    only if the extra rows are at most :data:`YNN_ESCAPE_MAX_EXTRA` of the
+    output (the axis with the fewest, relatively, is taken), and only while
+    lowering for CPU (the primitives register a CPU lowering of their own).
     """
     nd = g.num_spatial_dims
     if (not YNN_SINGLE_THREADED or not _LOWERING_FOR_CPU.get() or nd != 2 or _lhs_dilated(g)
-            or x.dtype not in (jnp.float32, jnp.float64) or min(x.shape[-1], w.shape[-1]) < YNN_ESCAPE_MIN_CHANNELS or math.prod(g.kernel_size) == 1):
+            or x.dtype not in (jnp.float32, jnp.float64) or math.prod(g.kernel_size) == 1
+            or min(x.shape[-1], w.shape[-1]) < YNN_ESCAPE_MIN_CHANNELS):
         return None
     best = None
     for axis in range(nd):
@@ -396,7 +399,7 @@ def _forward_lax(x, w, g, groups, precision):
     if all(ld == 1 for ld in g.lhs_dilation):  # (lhs-dilated: pads count dilated positions; lax crops)
         x = _pad(x, [(min(lo, 0), min(hi, 0)) for lo, hi in g.pads])
         pads = [(max(lo, 0), max(hi, 0)) for lo, hi in g.pads]
-    axis, rows = _ynn_escape(x, w, pads, g, groups) or (nd - 1, int(all(p == (0, 0) for p in pads)))
+    axis, rows = _ynn_escape(x, w, pads, g) or (nd - 1, int(all(p == (0, 0) for p in pads)))
     if rows:
         pads[axis] = (pads[axis][0] + rows * g.stride[axis], pads[axis][1])
     y = lax.conv_general_dilated(

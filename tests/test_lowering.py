@@ -357,7 +357,7 @@ def test_ynnpack_escape_matches_the_oracle(monkeypatch):
     monkeypatch.setattr(lowering, 'YNN_ESCAPE_MIN_CHANNELS', 16)
     g = _geometry(2, 32, 3)
     x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
-    assert escape(x, w, g.pads, g, 1) is None
+    assert escape(x, w, g.pads, g) is None
     token = lowering._LOWERING_FOR_CPU.set(True)
     try:
         _check_escape_rule(escape, x, w, g, monkeypatch)
@@ -366,15 +366,15 @@ def test_ynnpack_escape_matches_the_oracle(monkeypatch):
 
 
 def _check_escape_rule(escape, x, w, g, monkeypatch):
-    assert escape(x, w, g.pads, g, 1) in ((0, 1), (1, 1))
-    assert escape(x[..., :8], w[:, :, :8], g.pads, g, 1) is None
-    assert escape(x.astype(jnp.bfloat16), w, g.pads, g, 1) is None
+    assert escape(x, w, g.pads, g) in ((0, 1), (1, 1))
+    assert escape(x[..., :8], w[:, :, :8], g.pads, g) is None
+    assert escape(x.astype(jnp.bfloat16), w, g.pads, g) is None
     g1 = _geometry(2, 32, 1)
-    assert escape(x, w[:1, :1], g1.pads, g1, 1) is None
+    assert escape(x, w[:1, :1], g1.pads, g1) is None
     g3 = _geometry(3, 8, 3)
-    assert escape(jnp.zeros((1, 8, 8, 8, 64)), jnp.zeros((3, 3, 3, 64, 64)), g3.pads, g3, 1) is None
+    assert escape(jnp.zeros((1, 8, 8, 8, 64)), jnp.zeros((3, 3, 3, 64, 64)), g3.pads, g3) is None
     monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', False)
-    assert escape(x, w, g.pads, g, 1) is None
+    assert escape(x, w, g.pads, g) is None
 
 
 def test_oracle_is_not_trivial():
