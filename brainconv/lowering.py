@@ -77,7 +77,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from . import _args, _fft, _interop
-from .shapes import ConvGeometry, Phase, adjoint_geometry, axis_phases, kernel_span
+from .shapes import ConvGeometry, Phase, adjoint_geometry, axis_phases, conv_out_length, kernel_span
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core']
 
@@ -372,10 +372,9 @@ def _ynn_escape(x: jax.Array, w: jax.Array, pads: Sequence[Tuple[int, int]], g: 
         return None
     best = None
     for axis in range(nd):
-        n, s = x.shape[1 + axis], g.stride[axis]
-        span = (g.kernel_size[axis] - 1) * g.rhs_dilation[axis] + 1
-        out = (n + pads[axis][0] + pads[axis][1] - span) // s + 1
-        if out > n or span > n:
+        n, k, d = x.shape[1 + axis], g.kernel_size[axis], g.rhs_dilation[axis]
+        out = conv_out_length(n, k, g.stride[axis], *pads[axis], d=d)
+        if out > n or kernel_span(k, d) > n:
             return None                                             # not a YNNPACK convolution
         rows = n + 1 - out
         if rows <= YNN_ESCAPE_MAX_EXTRA * out and (best is None or rows * best[2] < best[1] * out):
