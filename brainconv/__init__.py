@@ -5,6 +5,7 @@ live in :mod:`brainconv.functional`, and the layers in :mod:`brainconv.layers`.
 """
 
 from . import functional, lowering, shapes
+from ._braintrace import TraceMemoryError, get_trace_memory_limit, set_trace_memory_limit
 from .layers import (
                      Conv,
                      Conv1d,
@@ -48,4 +49,5 @@ __all__ = [
     'functional', 'shapes', 'summary', 'receptive_field', '__version__',
     'StreamingConv',
     'lowering', 'LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering',
+    'TraceMemoryError', 'set_trace_memory_limit', 'get_trace_memory_limit',
 ]

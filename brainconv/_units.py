@@ -30,12 +30,14 @@ def product(a: u.Unit | None, b: u.Unit | None) -> u.Unit | None:
     return a * b
 
 
-def bias_mantissa(bias: Any, out_unit: u.Unit | None, layer: str) -> Any:
-    """The bias as a plain array in ``out_unit``; TypeError, saying how to fix it, if the units disagree."""
-    b = _in_unit(bias, out_unit)
-    if b is not None:
-        return b
+def bias_scale(bias: Any, out_unit: u.Unit | None, layer: str) -> float:
+    """The factor that puts the bias mantissa into ``out_unit`` (1.0 when the units are the same);
+    TypeError, saying how to fix it, if their dimensions differ."""
     b_unit = split(bias)[1]
+    if b_unit is None and out_unit is None:
+        return 1.0
+    if b_unit is not None and out_unit is not None and b_unit.has_same_dim(out_unit):
+        return float(u.Quantity(1.0, unit=b_unit).to_decimal(out_unit))
     if out_unit is None:
         fix = "give b_init no unit, or give the input or the weights a unit"
     else:

@@ -24,7 +24,7 @@ from . import _args, _units
 from . import lowering as _lowering
 from .shapes import ConvGeometry, Padding, Pads, transpose_as_conv
 
-__all__ = ['pad', 'conv', 'conv_transpose', 'transpose_kernel', 'weight_standardize']
+__all__ = ['pad', 'conv', 'conv_transpose', 'patches', 'transpose_kernel', 'weight_standardize']
 
 _JNP_MODE = {'ZEROS': 'constant', 'REFLECT': 'reflect', 'REPLICATE': 'edge', 'CIRCULAR': 'wrap'}
 
@@ -128,12 +128,11 @@ def conv_transpose_resolved(
     nd = g.num_spatial_dims
     y, w = _common_dtype(y, w)
     name = _lowering.resolve(lowering, g, groups, _channels(y, channel_first), w.shape[nd])
-    w = jnp.flip(w, axis=tuple(range(nd)))
     wrap = padding_mode == 'CIRCULAR'
     core = transpose_as_conv(g, wrap=wrap)
     if name == 'lax':
         z = _lowering.lax_conv(
-            y, w, window_strides=core.stride, padding=core.pads,
+            y, jnp.flip(w, axis=tuple(range(nd))), window_strides=core.stride, padding=core.pads,
             lhs_dilation=core.lhs_dilation, rhs_dilation=core.rhs_dilation,
             dimension_numbers=_dimension_numbers(nd, channel_first, True),
             feature_group_count=groups, precision=precision)
@@ -141,11 +140,38 @@ def conv_transpose_resolved(
     else:
         if channel_first:
             y = jnp.moveaxis(y, 1, -1)
-        z = _lowering.conv_core(y, jnp.swapaxes(w, -1, -2), core, groups, name, precision)
+        z = _lowering.conv_core(y, transpose_core_kernel(w), core, groups, name, precision)
         axes = tuple(range(1, nd + 1))
     if wrap:  # CIRCULAR: transposed onto the padded length; fold the pads back.
         z = _fold_circular(z, g.pads, g.out_spatial, axes)
     return jnp.moveaxis(z, -1, 1) if channel_first and name != 'lax' else z
+
+
+def transpose_core_kernel(w: Any) -> Any:
+    """A ConvTranspose kernel ``(*k, C_out, C_in // g)`` as the kernel ``(*k, C_in // g, C_out)`` of the
+    lhs-dilated convolution that computes it (:func:`brainconv.shapes.transpose_as_conv`): flipped."""
+    return jnp.swapaxes(jnp.flip(w, axis=tuple(range(w.ndim - 2))), -1, -2)
+
+
+def patches(x: Any, geometry: ConvGeometry, padding_mode: str = 'ZEROS', channel_first: bool = False) -> jax.Array:
+    """The input window each output position of a (non-transposed) convolution reads.
+
+    ``x``: ``(N, *in_spatial, C)`` (``(N, C, *in_spatial)`` with ``channel_first``); returns
+    ``(N, *out_spatial, taps, C)``, taps row-major over the kernel: position ``o``'s window in
+    the padded (by ``padding_mode``), lhs-dilated input, so that ``y[o, c] = sum over taps
+    and the in-channels i of c's group of window[o, tap, i] * kernel[tap, i, c]``.
+    """
+    g = geometry
+    nd = g.num_spatial_dims
+    if channel_first:
+        x = jnp.moveaxis(x, 1, -1)
+    pads = g.pads
+    if padding_mode != 'ZEROS':
+        x = pad(x, pads, padding_mode)
+        pads = ((0, 0),) * nd
+    config = [(0, 0, 0)] + [(lo, hi, ld - 1) for (lo, hi), ld in zip(pads, g.lhs_dilation)] + [(0, 0, 0)]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+    return jnp.stack(list(_lowering._tap_slices(xp, g)), axis=-2)
 
 
 def transpose_kernel(w: Any, groups: int = 1) -> Any:

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args, _init, _units, functional
+from . import _args, _braintrace, _init, _units, functional
 from . import lowering as _lowering
-from .shapes import Padding, adjoint_output_padding
+from .shapes import Padding, adjoint_output_padding, transpose_as_conv
 
 if TYPE_CHECKING:
     from .streaming import StreamingConv
@@ -142,15 +142,19 @@ class _ConvBase(brainstate.nn.Module):
         return _units.attach(w, unit)
 
     def _kernel_mantissa(self, params: dict) -> Tuple[Any, Any]:
-        w, unit = _units.split(params['weight'])
-        if self.w_mask is not None:
-            w = w * self.w_mask
-        return w, unit
+        """The (first) kernel as a plain array, transforms applied, and its unit."""
+        raw = {k: _units.split(v)[0] for k, v in params.items()}
+        return self._kernels_of(raw)[0], self._kernel_unit(params)
 
-    def _kernels(self, params: dict) -> Tuple[Tuple[Any, ...], Any]:
-        """The kernel mantissas ``_op`` takes after ``x``, and the unit of their product."""
-        w, unit = self._kernel_mantissa(params)
-        return (w,), unit
+    def _kernel_unit(self, params: dict) -> Any:
+        """The unit the kernels multiply the input's by (None: dimensionless)."""
+        return _units.split(params['weight'])[1]
+
+    def _kernels_of(self, raw: dict) -> Tuple[Any, ...]:
+        """The kernel arrays ``_op`` takes after ``x``, from the raw (unit-free) parameter arrays:
+        a pure, differentiable function of them (mask and any standardisation applied)."""
+        w = raw['weight']
+        return (w if self.w_mask is None else w * self.w_mask,)
 
     def _op(self, x: Any, *kernels: Any) -> Any:
         raise NotImplementedError
@@ -165,24 +169,68 @@ class _ConvBase(brainstate.nn.Module):
         ``params`` has the layout of ``self.weight.value``; use it with raw
         ``jax.grad``/``jax.jit``, which cannot write brainstate states.
         """
+        return self._apply(params, x)
+
+    def _apply(self, params: dict, x: Any, block: Tuple[int, int] | None = None) -> Any:
+        """:meth:`apply`, or with ``block = (start, stop)`` output channels ``start:stop`` only."""
+        name = type(self).__name__
         xm, x_unit = _units.split(x)
-        _args.input_array(xm, self.in_size, type(self).__name__)
-        kernels, w_unit = self._kernels(params)
-        out_unit = _units.product(x_unit, w_unit)
-        bias = _units.bias_mantissa(params['bias'], out_unit, type(self).__name__) if 'bias' in params else None
-        if self.dtype is not None:  # round every operand to dtype, compute in the accumulation dtype
-            acc = _lowering.accumulation_dtype(self.dtype)
-            xm, *kernels = (jnp.asarray(a).astype(self.dtype).astype(acc) for a in (xm, *kernels))
-            bias = None if bias is None else jnp.asarray(bias).astype(self.dtype).astype(acc)
+        num_batch = _args.input_array(xm, self.in_size, name)
+        raw = {k: _units.split(v)[0] for k, v in params.items()}
+        out_unit = _units.product(x_unit, self._kernel_unit(params))
+        scale = _units.bias_scale(params['bias'], out_unit, name) if 'bias' in params else None
+        return _units.attach(_braintrace.apply(self, xm, raw, scale, num_batch, block), out_unit)
+
+    #: Whether braintrace keeps eligibility traces for this layer's weights (when a model using
+    #: the layer is compiled by braintrace): True, as for braintrace's own layers.  Set it to
+    #: False on a layer to keep its weights non-temporal (see docs/braintrace.md).
+    etrace: bool = True
+
+    def _cast(self, a: Any) -> Any:
+        """``a`` rounded to the layer's ``dtype`` and held in its accumulation dtype (unchanged without one)."""
+        if self.dtype is None:
+            return a
+        return jnp.asarray(a).astype(self.dtype).astype(_lowering.accumulation_dtype(self.dtype))
+
+    def _forward(self, x: Any, raw: dict, bias_scale: float | None) -> Any:
+        """The layer's computation on plain arrays: ``x`` ``(*batch, *in_size)`` and the raw
+        parameter arrays (units split off; ``bias_scale`` puts the bias in the output's unit)."""
+        kernels = tuple(self._cast(k) for k in self._kernels_of(raw))
+        bias = raw.get('bias')
+        if bias is not None:
+            bias = self._cast(bias if bias_scale in (None, 1.0) else bias * bias_scale)
 
         def run(batched):
-            y = self._op(batched, *kernels)
+            y = self._op(self._cast(batched), *kernels)
             return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - jnp.ndim(bias)) + jnp.shape(bias))
 
-        y = functional._with_batch(run, xm, len(self.in_size))
-        if self.dtype is not None:
-            y = y.astype(self.dtype)
-        return _units.attach(y, out_unit)
+        y = functional._with_batch(run, x, len(self.in_size))
+        return y if self.dtype is None else y.astype(self.dtype)
+
+    # -- exact D_RTRL (brainconv._braintrace): how the trace of each raw array is laid out, and
+    #    its instantaneous term, for layers whose kernel is shared by every output position.
+
+    def _etrace_layout(self) -> dict:
+        return {'weight': _braintrace.Trace('shared', -1), 'gain': _braintrace.Trace('shared', -1),
+                'bias': _braintrace.Trace('shared', 1 if self.channel_first else -1)}
+
+    def _core_kernel(self, **arrays: Any) -> Any:
+        """The kernel of the core convolution the layer runs (``(*k, C_in // groups, C_out)``)."""
+        return self._cast(self._kernels_of(arrays)[0])
+
+    def _patches(self, x: Any) -> Any:
+        """``(n, *out_spatial, taps, C_in)``: the core convolution's input window of every output position."""
+        return functional.patches(self._cast(x), self.spec.geometry, self.padding_mode, self.channel_first)
+
+    def _etrace_instant(self, x: Any, df: Any, raw: dict, bias_scale: float | None) -> dict:
+        lead = df.shape[:df.ndim - len(self.out_size)]
+        d = _braintrace.channels_last(jnp.reshape(df, (-1,) + df.shape[len(lead):]), self)
+        patches = self._patches(jnp.reshape(x, (-1,) + tuple(self.in_size)))
+        kernels = {k: v for k, v in raw.items() if k != 'bias'}
+        out = _braintrace.shared_instant(patches, d, self._core_kernel, kernels, self.groups)
+        if 'bias' in raw:
+            out['bias'] = _braintrace.bias_instant(d, raw['bias'], bias_scale, self._etrace_layout()['bias'])
+        return {k: v.reshape(lead + v.shape[1:]) for k, v in out.items()}
 
     def _repr_items(self) -> list:
         g = self.spec.geometry
@@ -469,13 +517,12 @@ class ScaledWSConv(Conv):
             gain = jax.device_put(np.ones((1,) * (self.num_spatial_dims + 1) + (self.out_channels,), dtype))
             self.weight.value = {**self.weight.value, 'gain': gain}
 
-    def _kernel_mantissa(self, params):
-        # A standardised kernel is dimensionless: the output keeps the input's unit.
-        w, _ = _units.split(params['weight'])
-        w = functional.weight_standardize(w, self.eps, params.get('gain'))
-        if self.w_mask is not None:
-            w = w * self.w_mask
-        return w, None
+    def _kernel_unit(self, params):
+        return None  # a standardised kernel is dimensionless: the output keeps the input's unit
+
+    def _kernels_of(self, raw):
+        w = functional.weight_standardize(raw['weight'], self.eps, raw.get('gain'))
+        return (w if self.w_mask is None else w * self.w_mask,)
 
 
 class ConvTranspose(_ConvBase):
@@ -515,6 +562,20 @@ class ConvTranspose(_ConvBase):
     def _op(self, x, w):
         return functional.conv_transpose_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
                                                   self.channel_first, self.precision, self._lowering)
+
+    def _etrace_layout(self) -> dict:
+        return {**super()._etrace_layout(), 'weight': _braintrace.Trace('shared', -2)}  # (*k, C_out, C_in // g)
+
+    def _core_kernel(self, **arrays):
+        return functional.transpose_core_kernel(super()._core_kernel(**arrays))
+
+    def _patches(self, x):
+        g = self.spec.geometry
+        wrap = self.padding_mode == 'CIRCULAR'
+        p = functional.patches(self._cast(x), transpose_as_conv(g, wrap=wrap), 'ZEROS', self.channel_first)
+        if wrap:  # the convolution ran onto the padded output, whose pads fold back circularly
+            p = functional._fold_circular(p, g.pads, g.out_spatial, tuple(range(1, g.num_spatial_dims + 1)))
+        return p
 
 
 def _show_signature(cls: type, drop: int) -> None:

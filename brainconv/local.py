@@ -25,9 +25,8 @@ import brainstate
 import braintools
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from . import _args, _init, functional
+from . import _args, _braintrace, _init, functional
 from .layers import (
     _CALL,
     _DTYPE_ARGS,
@@ -40,7 +39,6 @@ from .layers import (
     _materialize,
     _show_signature,
 )
-from .lowering import _tap_slices
 from .shapes import ConvGeometry, Padding
 
 __all__ = ['LocalConv', 'LocalConv1d', 'LocalConv2d', 'LocalConv3d', 'local_conv']
@@ -78,20 +76,11 @@ def local_conv_resolved(x: jax.Array, w: jax.Array, geometry: ConvGeometry, grou
     lhs-dilated input.
     """
     g = geometry
-    nd = g.num_spatial_dims
     x, w = functional._common_dtype(x, w)
-    if channel_first:
-        x = jnp.moveaxis(x, 1, -1)
-    pads = g.pads
-    if padding_mode != 'ZEROS':
-        x = functional.pad(x, pads, padding_mode)
-        pads = ((0, 0),) * nd
-    config = [(0, 0, 0)] + [(lo, hi, ld - 1) for (lo, hi), ld in zip(pads, g.lhs_dilation)] + [(0, 0, 0)]
-    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-    batch, cin = x.shape[0], x.shape[-1]
-    taps = list(_tap_slices(xp, g))
-    positions, ntaps, cout = math.prod(g.out_spatial), len(taps), w.shape[-1]
-    patches = jnp.stack(taps, axis=-2).reshape(batch, positions, ntaps, groups, cin // groups)
+    batch, cin = x.shape[0], functional._channels(x, channel_first)
+    windows = functional.patches(x, g, padding_mode, channel_first)
+    positions, ntaps, cout = math.prod(g.out_spatial), windows.shape[-2], w.shape[-1]
+    patches = windows.reshape(batch, positions, ntaps, groups, cin // groups)
     kernel = w.reshape(positions, ntaps, cin // groups, groups, cout // groups)
     y = jnp.einsum('bptgc,ptcgo->bpgo', patches, kernel, precision=precision)
     y = y.reshape((batch,) + g.out_spatial + (cout,))
@@ -229,6 +218,23 @@ class LocalConv(_ConvBase):
 
     def _repr_items(self) -> list:
         return super()._repr_items()[:-1]  # one formulation: no lowering to report
+
+    def _etrace_layout(self) -> dict:
+        # each weight feeds one output position and channel: no position axis in its trace
+        return {'weight': _braintrace.Trace('local', -1), 'bias': _braintrace.Trace('output')}
+
+    def _etrace_instant(self, x, df, raw, bias_scale):
+        lead = df.shape[:df.ndim - len(self.out_size)]
+        d = _braintrace.channels_last(jnp.reshape(df, (-1,) + df.shape[len(lead):]), self)
+        p = self._patches(jnp.reshape(x, (-1,) + tuple(self.in_size)))  # (n, *out_spatial, taps, C_in)
+        cin_g, cout = self.spec.kernel_shape[-2:]
+        inst = jnp.einsum('n...tgi,n...go->n...tigo', p.reshape(p.shape[:-1] + (self.groups, cin_g)),
+                          d.reshape(d.shape[:-1] + (self.groups, cout // self.groups)).astype(p.dtype))
+        inst = inst.reshape(lead + self.spec.kernel_shape)
+        out = {'weight': inst if self.w_mask is None else inst * self.w_mask}
+        if 'bias' in raw:  # laid out as the output: its instantaneous term is D itself
+            out['bias'] = (df if bias_scale in (None, 1.0) else df * bias_scale).astype(raw['bias'].dtype)
+        return out
 
 
 _show_signature(LocalConv, 1)

@@ -76,7 +76,7 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _args, _fft, _interop
+from . import _args, _braintrace, _fft
 from .shapes import ConvGeometry, Phase, adjoint_geometry, axis_phases, conv_out_length, kernel_span
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core']
@@ -889,7 +889,7 @@ def _primitive(name: str, impl: Callable, abstract: Callable, lhs_rule: Callable
     return prim
 
 
-conv_p = _primitive(_interop.CONV_PRIMITIVE, _conv_impl, _conv_abstract, _conv_transpose_lhs, _conv_transpose_rhs,
+conv_p = _primitive(_braintrace.CONV_PRIMITIVE, _conv_impl, _conv_abstract, _conv_transpose_lhs, _conv_transpose_rhs,
                     _conv_batch)
 weight_grad_p = _primitive('brainconv_conv_weight_grad', _weight_grad_impl, _weight_grad_abstract,
                            _weight_grad_transpose_lhs, _weight_grad_transpose_rhs, _weight_grad_batch)
@@ -908,5 +908,5 @@ def conv_core(x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, n
         return direct(x, w, geometry, groups, precision)
     if name not in FORMULATIONS:
         _args.lowering(name, allow_auto=False)
-    _interop.notice_braintrace()
+    _braintrace.notice_braintrace()
     return conv_p.bind(x, w, geometry=geometry, groups=groups, formulation=name, precision=precision)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _args, _units
+from . import _args, _braintrace, _units
 from .layers import Conv, _materialize, _show_signature
 from .shapes import Padding
 
@@ -188,6 +188,16 @@ class _ConvRNNCell(brainstate.nn.RNNCell):
         h = self.h.value
         _args.state_batch(jnp.shape(xm)[:nb], jnp.shape(h)[:jnp.ndim(h) - len(self.state_size)], layer)
         return xm
+
+    def _gates(self, conv: Conv, x: Any, parts: int) -> list:
+        """``conv(x)`` split into its ``parts`` gate blocks along the channels.  Under braintrace
+        (:mod:`brainconv._braintrace`) each block is a traced operation of its own, shaped like
+        the state it gates: braintrace links an operation to a hidden state only through an
+        output of that state's shape."""
+        if not _braintrace.active(conv):
+            return self._split(conv(x), parts)
+        size = conv.out_channels // parts
+        return [conv._apply(conv.weight.value, x, (i * size, (i + 1) * size)) for i in range(parts)]
 
     def _split(self, z: Any, parts: int) -> list:
         axis = -(self.num_spatial_dims + 1) if self.channel_first else -1
@@ -409,9 +419,9 @@ class ConvLSTMCell(_ConvRNNCell):
         """Advance one step on ``x`` of shape ``(*batch, *in_size)``; returns the new ``h``."""
         x = self._check(x)
         h, c = self.h.value, self.c.value
-        zx, zh = self.input_conv(x), self.hidden_conv(h)
-        dtype = jnp.promote_types(zx.dtype, zh.dtype)
-        i, f, g, o = self._split(zx.astype(dtype) + zh.astype(dtype), 4)
+        gx, gh = self._gates(self.input_conv, x, 4), self._gates(self.hidden_conv, h, 4)
+        dtype = jnp.promote_types(gx[0].dtype, gh[0].dtype)
+        i, f, g, o = (a.astype(dtype) + b.astype(dtype) for a, b in zip(gx, gh))
         sig, act = self.recurrent_activation, self.activation
         c_new = (sig(f) * c.astype(dtype) + sig(i) * act(g))
         h_new = (sig(o) * act(c_new)).astype(h.dtype)
@@ -459,10 +469,10 @@ class ConvGRUCell(_ConvRNNCell):
         """Advance one step on ``x`` of shape ``(*batch, *in_size)``; returns the new ``h``."""
         x = self._check(x)
         h = self.h.value
-        zx, zh = self.input_conv(x), self.hidden_conv(h)
-        dtype = jnp.promote_types(zx.dtype, zh.dtype)
-        xr, xz, xn = self._split(zx.astype(dtype), 3)
-        hr, hz = self._split(zh.astype(dtype), 2)
+        gx, gh = self._gates(self.input_conv, x, 3), self._gates(self.hidden_conv, h, 2)
+        dtype = jnp.promote_types(gx[0].dtype, gh[0].dtype)
+        xr, xz, xn = (a.astype(dtype) for a in gx)
+        hr, hz = (a.astype(dtype) for a in gh)
         sig = self.recurrent_activation
         r, z = sig(xr + hr), sig(xz + hz)
         hd = h.astype(dtype)

@@ -14,8 +14,9 @@ from typing import Any, Sequence, Tuple, Union
 
 import brainstate
 import braintools
+import jax.numpy as jnp
 
-from . import _args, _units, functional
+from . import _args, _braintrace, _units, functional
 from . import lowering as _lowering
 from .layers import (
     _CALL,
@@ -168,10 +169,11 @@ class SeparableConv(_ConvBase):
         params = self.weight.value if params is None else params
         return params['depthwise'], params['pointwise']
 
-    def _kernels(self, params):
-        depthwise, d_unit = _units.split(params['depthwise'])
-        pointwise, p_unit = _units.split(params['pointwise'])
-        return (depthwise, pointwise), _units.product(d_unit, p_unit)
+    def _kernel_unit(self, params):
+        return _units.product(_units.split(params['depthwise'])[1], _units.split(params['pointwise'])[1])
+
+    def _kernels_of(self, raw):
+        return raw['depthwise'], raw['pointwise']
 
     def _op(self, x, depthwise, pointwise):
         d, p = self.spec, self.pointwise_spec
@@ -179,6 +181,29 @@ class SeparableConv(_ConvBase):
                                      self.precision, self._lowering)
         return functional.conv_resolved(h, pointwise, p.geometry, 1, 'ZEROS', p.channel_first, self.precision,
                                         self._lowering)
+
+    def _etrace_layout(self) -> dict:
+        # a depthwise weight reaches every output channel through the pointwise kernel
+        return {'depthwise': _braintrace.Trace('full'), 'pointwise': _braintrace.Trace('shared', -1),
+                'bias': _braintrace.Trace('shared', 1 if self.channel_first else -1)}
+
+    def _etrace_instant(self, x, df, raw, bias_scale):
+        lead = df.shape[:df.ndim - len(self.out_size)]
+        d = _braintrace.channels_last(jnp.reshape(df, (-1,) + df.shape[len(lead):]), self)
+        p = jnp.repeat(self._patches(jnp.reshape(x, (-1,) + tuple(self.in_size))), self.depth_multiplier, axis=-1)
+        depthwise, pointwise = (self._cast(raw[k]) for k in ('depthwise', 'pointwise'))
+        taps, mid = p.shape[-2:]
+        pw = pointwise.reshape(mid, -1)
+        d = d.astype(p.dtype)
+        z = jnp.einsum('...tm,tm->...m', p, depthwise.reshape(taps, mid))  # the depthwise output
+        positions = lead + d.shape[1:-1]
+        out = {'depthwise': jnp.einsum('...tm,mo,...o->...tmo', p, pw, d).reshape(
+                   positions + depthwise.shape + (pw.shape[-1],)),
+               'pointwise': jnp.einsum('...m,...o->...mo', z, d).reshape(positions + pointwise.shape)}
+        if 'bias' in raw:
+            bias = _braintrace.bias_instant(d, raw['bias'], bias_scale, self._etrace_layout()['bias'])
+            out['bias'] = bias.reshape(positions + raw['bias'].shape)
+        return out
 
     def _repr_items(self) -> list:
         items = super()._repr_items()

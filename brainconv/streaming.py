@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _args, _units, functional
+from . import _args, _braintrace, _units, functional
 from .layers import Conv
 from .shapes import conv_geometry, kernel_span
 
@@ -118,6 +118,9 @@ class StreamingConv(brainstate.nn.Module):
         # What each step runs: the time taps folded into the channels, a convolution over the other axes.
         self._rest = conv_geometry(g.in_spatial[1:], g.kernel_size[1:], g.stride[1:], g.pads[1:],
                                    g.lhs_dilation[1:], g.rhs_dilation[1:]) if len(g.in_spatial) > 1 else None
+        # The packed taps (k frames, no dilation) as a convolution: D_RTRL's patches read it.
+        self._taps_geometry = conv_geometry((g.kernel_size[0],) + g.in_spatial[1:], g.kernel_size, g.stride,
+                                            ((0, 0),) + g.pads[1:], g.lhs_dilation, (1,) + g.rhs_dilation[1:])
         self._unit = None
         self._replicate = spec.padding_mode == 'REPLICATE' and self.span > 1
 
@@ -182,17 +185,54 @@ class StreamingConv(brainstate.nn.Module):
                              f"state's {batch}; call init_state(batch_size={_batch_hint(xm, nb)})")
         xm = jnp.asarray(xm, buf.dtype)
         axis = buf.ndim - len(self.state_size) + self.time_axis
-        taps = self._taps(buf, xm, axis)  # (*batch, *in_size with k frames on the time axis)
+        taps = self._pack(self._taps(buf, xm, axis))  # (*batch, *other axes, k * C): the k frames the taps read
 
         params = conv.weight.value
-        w, w_unit = conv._kernel_mantissa(params)
-        out_unit = _units.product(self._unit, w_unit)
-        y = functional._with_batch(lambda b: self._step(b, w), taps, len(self.state_size))
-        if 'bias' in params:
-            bias = jnp.reshape(_units.bias_mantissa(params['bias'], out_unit, name), (-1,))  # one per channel
+        raw = {k: _units.split(v)[0] for k, v in params.items()}
+        out_unit = _units.product(self._unit, conv._kernel_unit(params))
+        scale = _units.bias_scale(params['bias'], out_unit, name) if 'bias' in params else None
+        return _units.attach(_braintrace.apply(self, taps, raw, scale, nb), out_unit)
+
+    def _forward(self, taps: Any, raw: dict, bias_scale: float | None) -> Any:
+        """One step's output from its time taps ``(*batch, *state_size)`` and the raw parameter arrays."""
+        conv = self.conv
+        w = conv._kernels_of(raw)[0]
+        y = functional._with_batch(lambda b: self._step(b, w), taps, self.num_spatial_dims)
+        if 'bias' in raw:
+            bias = raw['bias'] if bias_scale in (None, 1.0) else raw['bias'] * bias_scale
+            bias = jnp.reshape(bias, (-1,))  # one per channel
             after = len(self.out_size) - 1 if conv.channel_first else 0  # frame axes after the channel axis
             y = y + jnp.reshape(bias, (1,) * (y.ndim - 1 - after) + (-1,) + (1,) * after)
-        return _units.attach(y, out_unit)
+        return y
+
+    # braintrace (brainconv._braintrace): a step is one convolution over the buffer's window
+    etrace = property(lambda self: self.conv.etrace, doc="The convolution's ``etrace`` setting.")
+    channel_first = property(lambda self: self.conv.channel_first)
+
+    def _etrace_layout(self) -> dict:
+        return self.conv._etrace_layout()
+
+    def _etrace_instant(self, taps: Any, df: Any, raw: dict, bias_scale: float | None) -> dict:
+        conv = self.conv
+        lead = df.shape[:df.ndim - len(self.out_size)]
+        d = _braintrace.channels_last(jnp.reshape(df, (-1,) + df.shape[len(lead):]), self)
+        k, other = conv.kernel_size[0], taps.shape[taps.ndim - self.num_spatial_dims:-1]
+        frames = jnp.moveaxis(jnp.reshape(taps, (-1,) + other + (k, conv.in_channels)), -2, 1)  # (n, k, *other, C)
+        windows = functional.patches(frames, self._taps_geometry, conv.padding_mode)[:, 0]  # one time position
+        kernels = {k: v for k, v in raw.items() if k != 'bias'}
+        out = _braintrace.shared_instant(windows, d, lambda **a: conv._kernels_of(a)[0], kernels, conv.groups)
+        if 'bias' in raw:
+            out['bias'] = _braintrace.bias_instant(d, raw['bias'], bias_scale, self._etrace_layout()['bias'])
+        return {k: v.reshape(lead + v.shape[1:]) for k, v in out.items()}
+
+    def _pack(self, taps: Any) -> Any:
+        """The k gathered frames ``(*batch, *state layout)`` as ``(*batch, *other axes, k * C)``, channels
+        ordered (tap, channel): the input of one step, of the rank of its output (which braintrace needs)."""
+        nb = taps.ndim - len(self.state_size)
+        if self.conv.channel_first:
+            taps = jnp.moveaxis(taps, nb, -1)
+        taps = jnp.moveaxis(taps, nb, -2)
+        return taps.reshape(taps.shape[:-2] + (-1,))
 
     def _taps(self, buf: Any, x: Any, axis: int) -> Any:
         """Write ``x`` into the ring buffer; return the k frames the kernel's time taps read.
@@ -216,20 +256,20 @@ class StreamingConv(brainstate.nn.Module):
         return jnp.take(buf, (pos - back) % self.span, axis=axis, mode='clip')  # indices are in range
 
     def _step(self, taps: Any, w: Any) -> Any:
-        """The convolution's output at one time step from its k time taps (one batch axis).
+        """The convolution's output at one time step from its packed k time taps (one batch axis).
 
-        The taps are folded into the channels, group by group, leaving a
-        convolution over the other spatial axes (run by the convolution's own
-        functional op and lowering) or, in 1-d, one grouped matrix product.
+        The taps, folded into the channels (:meth:`_pack`), are ordered group by group, leaving a
+        convolution over the other spatial axes (run by the convolution's own functional op and
+        lowering) or, in 1-d, one grouped matrix product.
         """
         conv, spec = self.conv, self.conv.spec
         k, groups = spec.geometry.kernel_size[0], spec.groups
-        if spec.channel_first:
-            taps = jnp.moveaxis(taps, 1, -1)
         taps, w = functional._common_dtype(taps, w)
-        n, other, cin_g = taps.shape[0], taps.shape[2:-1], spec.in_channels // groups
-        xf = taps.reshape((n, k) + other + (groups, cin_g))
-        xf = jnp.moveaxis(xf, 1, -2).reshape((n,) + other + (groups * k * cin_g,))
+        n, other, cin_g = taps.shape[0], taps.shape[1:-1], spec.in_channels // groups
+        xf = taps
+        if groups > 1:  # (tap, group, c) -> (group, tap, c)
+            xf = jnp.swapaxes(taps.reshape((n,) + other + (k, groups, cin_g)), -3, -2)
+            xf = xf.reshape((n,) + other + (groups * k * cin_g,))
         wf = jnp.moveaxis(w, 0, -3)
         wf = wf.reshape(wf.shape[:-3] + (k * cin_g, spec.out_channels))
         if not other:  # 1-d: (n, g, k * cin_g) times (g, k * cin_g, cout // g), one matmul when g == 1
