@@ -25,9 +25,11 @@ Conventions:
   of the row's module (a streaming buffer, a cell's ``h`` and ``c``, a
   neuron's membrane potential; each state once), and ``states`` gives their
   names and shapes.  A state's batch axes are those it was initialised with:
-  read off the shape the module declares for it (brainconv's ``state_size``,
-  a brainstate Dynamics' ``varshape``), and for other modules' states the
-  same leading axes.  brainconv's layers declare their states before
+  the leading axes before the shape its module declares (brainconv's
+  ``state_size``; else the module's ``varshape``, ``out_size`` or
+  ``in_size`` when the state's shape ends with it), and for a state whose
+  module declares none, the batch axes found that way on the first state
+  that has them.  brainconv's layers declare their states before
   ``init_state``; other modules' states count once they exist.
 """
 
@@ -400,12 +402,22 @@ def _leaf_shapes(state: brainstate.State) -> List[Size]:
 
 
 def _own_shape(layer: Any, name: str, shape: Size) -> Size | None:
-    """The per-example shape ``layer`` declares for a state of this shape, if it declares one."""
+    """The per-example shape ``layer`` declares for a state of this shape, if it declares one.
+
+    brainconv's layers declare their states' shapes; any other module a state whose shape
+    ends with its ``varshape`` (a brainstate Dynamics: a neuron group), else its
+    ``out_size``, else its ``in_size``.
+    """
     declared = _declared_states(layer).get(name)
-    if declared is None and isinstance(layer, _nn.Dynamics):
-        declared = tuple(getattr(layer, 'varshape', None) or ()) or None
-    if declared is not None and len(shape) >= len(declared) and shape[len(shape) - len(declared):] == declared:
-        return declared
+    candidates = [declared] if declared is not None else [
+        getattr(layer, a, None) for a in ('varshape', 'out_size', 'in_size')]
+    for size in candidates:
+        try:
+            size = tuple(int(v) for v in size)
+        except TypeError:  # None, or not a sequence of ints
+            continue
+        if size and len(shape) >= len(size) and shape[len(shape) - len(size):] == size:
+            return size
     return None
 
 
