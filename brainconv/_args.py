@@ -196,8 +196,8 @@ def output_padding(value: Any, nd: int, stride: Sequence[int], rhs_dilation: Seq
         if isinstance(p, str) and p != 'VALID':
             if op >= s:
                 raise ValueError(f"output_padding must be in [0, {s}) (smaller than the stride) on axis {axis}, "
-                                 f"which is padded {p!r}: the output then has (m - 1) * {s} + 1 + output_padding "
-                                 f"positions, which a stride-{s} {p} convolution maps back to the input's m; "
+                                 f"which is padded {p!r}: only then does a stride-{s} {p} convolution map the "
+                                 f"output's (m - 1) * {s} + 1 + output_padding positions back to the input's m; "
                                  f"got {value!r}")
         elif op >= max(s, d):
             raise ValueError(f"output_padding must be smaller than max(stride, rhs_dilation) = "
