@@ -162,7 +162,9 @@ class ConvGeometry:
 
     ``pads`` are always the pads of the *forward* convolution whose input has
     ``in_spatial`` positions (for a Conv) or ``out_spatial`` positions (for a
-    ConvTranspose, which is that convolution's adjoint).
+    ConvTranspose, which is that convolution's adjoint).  A ConvTranspose's
+    ``output_padding`` is explicit: what ``out_spatial`` adds to the smallest
+    length the padding allows (:func:`transpose_out_length`).
     """
 
     in_spatial: Tuple[int, ...]
