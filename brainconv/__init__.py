@@ -36,7 +36,7 @@ from .separable import SeparableConv, SeparableConv1d, SeparableConv2d, Separabl
 from .streaming import StreamingConv
 from .tools import receptive_field, summary
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     'Conv', 'Conv1d', 'Conv2d', 'Conv3d',

@@ -13,7 +13,16 @@ from typing import Any, Sequence, Tuple
 
 import numpy as np
 
-from .shapes import PADDING_MODES, PADDING_STRINGS, ConvGeometry, Padding, Pads, conv_geometry, conv_transpose_geometry
+from .shapes import (
+    PADDING_MODES,
+    PADDING_STRINGS,
+    ConvGeometry,
+    Padding,
+    Pads,
+    conv_geometry,
+    conv_transpose_geometry,
+    per_axis,
+)
 
 _MODE_ALIASES = {
     'ZEROS': 'ZEROS', 'ZERO': 'ZEROS', 'CONSTANT': 'ZEROS',
@@ -98,43 +107,60 @@ def in_size(value: Any, nd: int, channel_first: bool) -> Tuple[int, ...]:
 
 
 def padding(value: Any, nd: int) -> Padding:
-    """An upper-case padding string, or one ``(low, high)`` pair per axis.
+    """An upper-case padding string (for every axis), or one entry per axis.
 
-    Accepts a string (any case); an int; one int per axis, or a sequence of
-    one int for every axis; one pair per axis; a single pair for every axis
-    (for 1-d also a bare ``(low, high)``).  Sequences may be NumPy arrays.
+    Accepts a string (any case); an int; a sequence of ``nd`` entries, one per
+    spatial axis, or of one entry for every axis, each a string, an int ``q``
+    (``(q, q)``) or a ``(low, high)`` pair, mixed freely (``('CAUSAL', 'SAME',
+    1)``); for 1-d also a bare ``(low, high)``.  Sequences may be NumPy arrays.
+    Returns the string when every axis has the same one, the pairs when no
+    axis has a string, and otherwise one entry per axis (strings and pairs).
     """
     if isinstance(value, str):
-        upper = value.upper()
-        if upper not in PADDING_STRINGS:
-            raise ValueError(f"padding must be one of {PADDING_STRINGS} (any case), an int, "
-                             f"or (low, high) pairs, got {value!r}")
-        return upper
-    pads = None
+        return _padding_string(value, value, None)
     seq = as_sequence(value)
-    if isinstance(seq, tuple) and seq and not is_int(seq[0]):
-        seq = tuple(as_sequence(p) for p in seq)
-    elif not isinstance(seq, tuple) and hasattr(value, '__array__') and np.ndim(value) == 2:
+    if not isinstance(seq, tuple) and hasattr(value, '__array__') and np.ndim(value) == 2:
         seq = tuple(tuple(p) for p in np.asarray(value).tolist())  # an (nd, 2) array of pairs
     if is_int(seq):
-        pads = ((seq, seq),) * nd
-    elif isinstance(seq, tuple) and len(seq) > 0:
-        if all(is_int(v) for v in seq):
-            if nd == 1 and len(seq) == 2:
-                pads = ((seq[0], seq[1]),)
-            elif len(seq) in (1, nd):  # one int for every axis, or one per axis
-                pads = tuple((v, v) for v in seq) * (nd if len(seq) == 1 else 1)
-        elif all(isinstance(p, tuple) and len(p) == 2 and all(is_int(v) for v in p) for p in seq):
-            if len(seq) == 1:
-                pads = seq * nd
-            elif len(seq) == nd:
-                pads = seq
-    if pads is None:
+        seq = (seq,)
+    elif isinstance(seq, tuple) and nd == 1 and len(seq) == 2 and all(is_int(v) for v in seq):
+        seq = (seq,)  # a bare (low, high) for the one axis
+    if not isinstance(seq, tuple) or len(seq) not in (1, nd):
         raise ValueError(f"padding must be a string in {PADDING_STRINGS}, an int, {_one_or(nd)} ints, "
-                         f"or {_one_or(nd)} (low, high) pairs, got {value!r}")
-    if any(v < 0 for p in pads for v in p):
-        raise ValueError(f"padding must be non-negative, got {value!r}")
-    return tuple((int(lo), int(hi)) for lo, hi in pads)
+                         f"or {_one_or(nd)} (low, high) pairs, or {_one_or(nd)} of these mixed (one per "
+                         f"spatial axis), got {value!r}")
+    entries = tuple(_padding_entry(as_sequence(p), value, i, nd) for i, p in enumerate(seq)) * (nd // len(seq))
+    for axis, p in enumerate(entries):
+        if not isinstance(p, str) and min(p) < 0:
+            raise ValueError(f"padding must be non-negative, got {value!r}"
+                             + (f" ({p} on axis {axis})" if len(seq) > 1 else ''))
+    if all(isinstance(p, str) for p in entries) and len(set(entries)) == 1:
+        return entries[0]
+    return entries
+
+
+def _padding_string(entry: str, value: Any, axis: int | None) -> str:
+    upper = entry.upper()
+    if upper not in PADDING_STRINGS:
+        if axis is None:
+            raise ValueError(f"padding must be one of {PADDING_STRINGS} (any case), an int, "
+                             f"or (low, high) pairs, got {value!r}")
+        raise ValueError(f"padding[{axis}] must be one of {PADDING_STRINGS} (any case), an int or a "
+                         f"(low, high) pair, got {entry!r} in padding={value!r}")
+    return upper
+
+
+def _padding_entry(entry: Any, value: Any, axis: int, nd: int) -> Any:
+    """One axis's padding: an upper-case string or an int pair."""
+    if isinstance(entry, str):
+        return _padding_string(entry, value, axis)
+    if is_int(entry):
+        return int(entry), int(entry)
+    if isinstance(entry, tuple) and len(entry) == 2 and all(is_int(v) for v in entry):
+        return int(entry[0]), int(entry[1])
+    raise ValueError(f"padding[{axis}] must be a string in {PADDING_STRINGS}, an int or a (low, high) pair "
+                     f"(padding has {_one_or(nd)} entries, one per spatial axis), got {entry!r} in "
+                     f"padding={value!r}")
 
 
 def padding_mode(value: Any, allowed: Sequence[str] = PADDING_MODES) -> str:
@@ -154,10 +180,26 @@ def groups(value: Any, in_channels: int, out_channels: int) -> int:
     return g
 
 
-def output_padding(value: Any, nd: int, stride: Sequence[int], rhs_dilation: Sequence[int]) -> Tuple[int, ...]:
+def output_padding(value: Any, nd: int, stride: Sequence[int], rhs_dilation: Sequence[int],
+                   padding_: Padding = 'VALID') -> Tuple[int, ...] | None:
+    """None (each axis's default length), or one int per axis.
+
+    On an axis padded with an explicit pair or 'VALID' it must be below
+    ``max(stride, rhs_dilation)`` (PyTorch's rule); on a 'SAME', 'SAME_LOWER'
+    or 'CAUSAL' axis below the stride, so that the stride-``s`` convolution
+    of the output has as many outputs as the transposed convolution has inputs.
+    """
+    if value is None:
+        return None
     ops = int_tuple(value, nd, 'output_padding', minimum=0)
-    for axis, (op, s, d) in enumerate(zip(ops, stride, rhs_dilation)):
-        if op >= max(s, d):
+    for axis, (op, s, d, p) in enumerate(zip(ops, stride, rhs_dilation, per_axis(padding_, nd))):
+        if isinstance(p, str) and p != 'VALID':
+            if op >= s:
+                raise ValueError(f"output_padding must be in [0, {s}) (smaller than the stride) on axis {axis}, "
+                                 f"which is padded {p!r}: only then does a stride-{s} {p} convolution map the "
+                                 f"output's (m - 1) * {s} + 1 + output_padding positions back to the input's m; "
+                                 f"got {value!r}")
+        elif op >= max(s, d):
             raise ValueError(f"output_padding must be smaller than max(stride, rhs_dilation) = "
                              f"{max(s, d)} on axis {axis}, got {value!r}")
     return ops
@@ -307,7 +349,7 @@ def conv_transpose_spec(nd, in_size_, out_channels, kernel_size, stride, padding
     rd = int_tuple(rhs_dilation, nd, 'rhs_dilation')
     g = groups(groups_, cin, cout)
     pad = padding(padding_, nd)
-    op = output_padding(output_padding_, nd, s, rd)
+    op = output_padding(output_padding_, nd, s, rd, pad)
     mode = padding_mode(padding_mode_, ('ZEROS', 'CIRCULAR'))
     geometry = conv_transpose_geometry(spatial, k, s, pad, rd, op)
     return ConvSpec(size, cin, cout, g, pad, mode, bool(channel_first), geometry)
@@ -325,8 +367,12 @@ def streamable(spec: ConvSpec, layer: str) -> None:
     span = (k - 1) * d + 1
     where = f"{layer} cannot step through time (its first spatial axis):"
     if pads != (span - 1, 0):
-        raise ValueError(f"{where} the time axis must be padded causally, padding='CAUSAL' or (low, high) = "
-                         f"({span - 1}, 0) for kernel {k} with rhs_dilation {d}, got pads {pads}")
+        nd = g.num_spatial_dims
+        per_axis_ = (f"padding={('CAUSAL',) + ('SAME',) * (nd - 1)} (causal in time, centred on the other "
+                     f"axes), " if nd > 1 else '')
+        raise ValueError(f"{where} the time axis must be padded causally: {per_axis_}padding='CAUSAL', or "
+                         f"(low, high) = ({span - 1}, 0) on that axis for kernel {k} with rhs_dilation {d}; "
+                         f"got pads {pads}")
     if s != 1:
         raise ValueError(f"{where} stride on the time axis must be 1, got {s}; step a stride-1 layer and keep "
                          f"every {s}-th output (outputs at steps 0, {s}, {2 * s}, ... are the strided ones)")
@@ -382,12 +428,35 @@ def state_init_shape(shape: Sequence[int], expected: Sequence[int]) -> None:
                          f"(*batch, *state_size), got shape {tuple(shape)}")
 
 
-def state_batch(x_batch: Sequence[int], state_batch_: Sequence[int], layer: str) -> None:
-    """The input's batch axes must be the state's: the state is not broadcast over new axes."""
-    if tuple(x_batch) != tuple(state_batch_):
-        raise ValueError(f"{layer} got input with batch shape {tuple(x_batch)} but its state has batch shape "
-                         f"{tuple(state_batch_)}; call init_state(batch_size=...) (or reset_state) "
-                         f"with the input's batch shape first")
+def state_batch(x_shape: Sequence[int], in_size: Sequence[int], state_batch_: Sequence[int], layer: str,
+                what: str = 'layer') -> None:
+    """A step's input must have the state's batch axes: the state is not broadcast over new axes.
+
+    An input with one axis more than that (and the state's batch axes otherwise) is taken
+    for a whole sequence: the message names the axis that looks like time and shows how to
+    step through it.  Otherwise it says how to make the state for the input's batch shape.
+    """
+    x_shape, in_size, state_batch_ = tuple(x_shape), tuple(in_size), tuple(state_batch_)
+    x_batch = x_shape[:len(x_shape) - len(in_size)]
+    if x_batch == state_batch_:
+        return
+    if len(x_batch) == len(state_batch_) + 1:
+        axes = [i for i in range(len(x_batch)) if x_batch[:i] + x_batch[i + 1:] == state_batch_]
+        if axes:
+            t = axes[0]
+            also = (f" (or on axis {', '.join(map(str, axes[1:]))}: the sizes do not tell)" if len(axes) > 1
+                    else '')
+            xs = 'xs' if t == 0 else f'jnp.moveaxis(xs, {t}, 0)'
+            raise ValueError(
+                f"{layer} takes one time step of shape (*batch, *in_size) = {state_batch_ + in_size} per call "
+                f"(its state has batch shape {state_batch_}), got shape {x_shape}: this looks like a whole "
+                f"sequence with time on axis {t}{also}. Step through it with "
+                f"brainstate.transform.for_loop({what}, {xs}): it calls the {what} once per entry of the "
+                f"leading (time) axis of what it is given and stacks the outputs along axis 0")
+    hint = None if not x_batch else x_batch[0] if len(x_batch) == 1 else x_batch
+    raise ValueError(f"{layer} got input with batch shape {x_batch} but its state has batch shape "
+                     f"{state_batch_}; call init_state(batch_size={hint!r}) (or reset_state) "
+                     f"with the input's batch shape first")
 
 
 def state_initialised(initialised: bool, layer: str) -> None:

@@ -10,10 +10,17 @@ from __future__ import annotations
 from typing import Any, Tuple
 
 import brainunit as u
+import jax.numpy as jnp
 
 
 def split(x: Any) -> Tuple[Any, u.Unit | None]:
-    """``(mantissa, unit)``; the unit is None for a plain array or a dimensionless Quantity."""
+    """``(mantissa, unit)``; the unit is None for a plain array or a dimensionless Quantity.
+
+    A Python list or tuple (nested) becomes an array here, as ``jax.numpy`` reads it: every
+    layer and op takes its inputs through this function.
+    """
+    if isinstance(x, (list, tuple)):
+        return jnp.asarray(x), None
     if isinstance(x, u.Quantity):
         unit = x.unit
         if unit.is_unitless:

@@ -234,7 +234,7 @@ def conv(
 
 def conv_transpose(
     x: Any, kernel: Any, *, stride: int | Sequence[int] = 1, padding: Padding | int = 'SAME',
-    rhs_dilation: int | Sequence[int] = 1, groups: int = 1, output_padding: int | Sequence[int] = 0,
+    rhs_dilation: int | Sequence[int] = 1, groups: int = 1, output_padding: int | Sequence[int] | None = None,
     padding_mode: str = 'ZEROS', channel_first: bool = False, precision: Any = None,
     lowering: str | None = None,
 ) -> jax.Array:

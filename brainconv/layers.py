@@ -234,7 +234,7 @@ class _ConvBase(brainstate.nn.Module):
 
     def _repr_items(self) -> list:
         g = self.spec.geometry
-        padding = self.spec.padding if isinstance(self.spec.padding, str) else 'explicit'
+        padding = _padding_label(self.spec.padding)
         mode = '' if self.spec.padding_mode == 'ZEROS' else f' {self.spec.padding_mode}'
         return [f"kernel={g.kernel_size}", f"stride={g.stride}", f"padding={padding}{mode} {g.pads}",
                 f"groups={self.groups}", f"params={self.num_params}", f"lowering={self.lowering}"]
@@ -249,6 +249,15 @@ class _ConvBase(brainstate.nn.Module):
         return f"{type(self).__name__}({self.in_size} -> {self.out_size}, {items})"
 
 
+def _padding_label(padding: Padding) -> str:
+    """How a repr names a padding: the string, 'explicit' for pairs, one label per axis when mixed."""
+    if isinstance(padding, str):
+        return padding
+    if not any(isinstance(p, str) for p in padding):
+        return 'explicit'
+    return '(' + ', '.join(p if isinstance(p, str) else 'explicit' for p in padding) + ')'
+
+
 _SHARED_ARGS = """\
     in_size : sequence of int
         Input shape without batch axes: ``(*spatial, C)``, or ``(C, *spatial)`` with
@@ -257,11 +266,13 @@ _SHARED_ARGS = """\
         Output channels.
     kernel_size : int or sequence of {nd} ints
     stride : int or sequence of {nd} ints, default 1
-    padding : str, int, or pairs, default 'SAME'
+    padding : str, int, pairs, or one entry per axis, default 'SAME'
         'SAME' (``ceil(n / stride)`` outputs, odd extra pad at the end), 'SAME_LOWER' (odd
         extra pad at the start), 'VALID', 'CAUSAL' (all ``(k - 1) * rhs_dilation`` pads before
         each axis), any case; an int; one int per axis; one ``(low, high)`` pair per axis;
-        one pair for every axis.  See :mod:`brainconv.shapes` for the exact formulas.
+        one pair for every axis; or one entry per axis mixing these, e.g. ``('CAUSAL',
+        'SAME', 'SAME')`` (causal on the first axis, centred on the others).  See
+        :mod:`brainconv.shapes` and the docs page "Padding semantics" for the exact formulas.
 """
 
 _SHARED_TAIL = """\
@@ -340,17 +351,24 @@ _TRANSPOSE_DOC = """{title}
     ``(*kernel_size, out_channels, in_channels // groups)`` and is not flipped by the user:
     for ``groups=1``, ``Conv.transpose()`` uses the convolution's kernel array as it is.
 
-    Output length per axis, ``m`` the input length: ``(m - 1) * stride + (k - 1) *
-    rhs_dilation + 1 - low - high + output_padding`` for VALID or explicit pads;
-    ``m * stride - output_padding`` for SAME, SAME_LOWER and CAUSAL.
+    Output length per axis, ``m`` the input length, ``span = (k - 1) * rhs_dilation + 1``:
+    for VALID or explicit pads ``(m - 1) * stride + span - low - high + output_padding``
+    (PyTorch's); for SAME, SAME_LOWER and CAUSAL ``m * stride`` without ``output_padding``
+    (``jax.lax.conv_transpose``'s and brainstate's) and ``(m - 1) * stride + 1 +
+    output_padding`` with one (Keras's and PyTorch's for odd spans; see the docs page
+    "Padding semantics" for a table of the conventions).
 {call}
     Parameters
     ----------
 {num}{shared}    rhs_dilation : int or sequence of {nd} ints, default 1
     groups : int, default 1
-{tail}    output_padding : int or sequence of {nd} ints, default 0
-        Picks among the output shapes a stride > 1 maps to one input shape; smaller
-        than max(stride, rhs_dilation).
+{tail}    output_padding : int or sequence of {nd} ints, optional
+        Added to the smallest output length the padding allows, as in Keras and PyTorch:
+        it picks among the output shapes a stride > 1 maps to one input shape.  Smaller
+        than the stride on SAME, SAME_LOWER and CAUSAL axes, than max(stride,
+        rhs_dilation) on the others.  None: as 0 for VALID and explicit pads, the
+        largest length (``m * stride``) for the strings.  The ``output_padding``
+        attribute holds the explicit value that gives the layer's lengths.
 {lowering}
     Examples
     --------
@@ -546,7 +564,7 @@ class ConvTranspose(_ConvBase):
         param_type: type = brainstate.ParamState,
         padding_mode: str = 'ZEROS',
         precision: Any = None,
-        output_padding: IntOrSeq = 0,
+        output_padding: IntOrSeq | None = None,
         lowering: str | None = None,
         dtype: Any = None,
         param_dtype: Any = None,

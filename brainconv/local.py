@@ -26,7 +26,7 @@ import braintools
 import jax
 import jax.numpy as jnp
 
-from . import _args, _braintrace, _init, functional
+from . import _args, _braintrace, _init, _units, functional
 from .layers import (
     _CALL,
     _DTYPE_ARGS,
@@ -96,8 +96,10 @@ def local_conv(
 
     ``kernel`` has shape ``(*out_spatial, *kernel_size, C_in // groups, C_out)``;
     ``kernel_size`` is needed because the kernel's leading axes are output
-    positions.  The other arguments mean what they mean for :class:`LocalConv`.
+    positions.  The other arguments mean what they mean for :class:`LocalConv`; units as for
+    :func:`brainconv.functional.conv`.
     """
+    (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
     nd = jnp.ndim(kernel) - 2
     if nd % 2:
         raise ValueError(f"kernel must have shape (*out_spatial, *kernel_size, C_in // groups, C_out), "
@@ -106,10 +108,11 @@ def local_conv(
     spec = local_spec(nd, functional._in_size(x, nd), kernel.shape[-1], kernel_size, stride, padding, lhs_dilation,
                       rhs_dilation, groups, padding_mode, channel_first)
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
-    return functional._with_batch(
+    y = functional._with_batch(
         lambda b: local_conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first,
                                       precision),
         x, nd + 1)
+    return _units.attach(y, _units.product(x_unit, k_unit))
 
 
 _LOCAL_DOC = """{title}

@@ -184,9 +184,10 @@ class _ConvRNNCell(brainstate.nn.RNNCell):
         _args.state_initialised(self._initialised(), layer)
         xm, x_unit = _units.split(x)
         _args.dimensionless(x_unit, 'x', layer)
-        nb = _args.input_array(xm, self.in_size, layer)
+        _args.input_array(xm, self.in_size, layer)
         h = self.h.value
-        _args.state_batch(jnp.shape(xm)[:nb], jnp.shape(h)[:jnp.ndim(h) - len(self.state_size)], layer)
+        _args.state_batch(jnp.shape(xm), self.in_size, jnp.shape(h)[:jnp.ndim(h) - len(self.state_size)], layer,
+                          'cell')
         return xm
 
     def _gates(self, conv: Conv, x: Any, parts: int) -> list:

@@ -24,7 +24,9 @@ from math import gcd
 from typing import List, Sequence, Tuple, Union
 
 Pads = Tuple[Tuple[int, int], ...]
-Padding = Union[str, Pads]
+#: A normalised padding: one upper-case string for every axis, or one entry per axis, each an
+#: upper-case string or a ``(low, high)`` pair (``('CAUSAL', 'SAME', (1, 0))``).
+Padding = Union[str, Tuple[Union[str, Tuple[int, int]], ...]]
 
 #: The padding strings understood everywhere (after upper-casing).
 PADDING_STRINGS = ('SAME', 'SAME_LOWER', 'VALID', 'CAUSAL')
@@ -33,7 +35,7 @@ PADDING_MODES = ('ZEROS', 'REFLECT', 'REPLICATE', 'CIRCULAR')
 
 __all__ = [
     'PADDING_STRINGS', 'PADDING_MODES', 'ConvGeometry',
-    'kernel_span', 'dilated_length', 'resolve_pads', 'conv_out_length',
+    'kernel_span', 'dilated_length', 'per_axis', 'resolve_pads', 'conv_out_length',
     'transpose_out_length', 'transpose_lax_pads', 'lax_conv_transpose_pads', 'adjoint_output_padding',
     'conv_geometry', 'conv_transpose_geometry',
     'ReceptiveField', 'receptive_field_step',
@@ -73,6 +75,11 @@ def _string_pads(padding: str, n: int, k: int, s: int, d: int) -> Tuple[int, int
     raise ValueError(f"padding must be one of {PADDING_STRINGS}, got {padding!r}")
 
 
+def per_axis(padding: Padding, nd: int) -> Tuple[Union[str, Tuple[int, int]], ...]:
+    """The padding entry of each of ``nd`` axes: a string, or a ``(low, high)`` pair."""
+    return (padding,) * nd if isinstance(padding, str) else tuple(padding)
+
+
 def resolve_pads(
     padding: Padding,
     in_spatial: Sequence[int],
@@ -83,16 +90,15 @@ def resolve_pads(
 ) -> Pads:
     """Explicit ``(low, high)`` pads for every spatial axis.
 
-    ``padding`` is an upper-case padding string or already a tuple of pairs
-    (returned unchanged).  With ``lhs_dilation`` the string is resolved
-    against the dilated input length.
+    ``padding`` is an upper-case padding string (for every axis) or one entry
+    per axis, each a string or a pair (pairs are returned unchanged).  With
+    ``lhs_dilation`` a string is resolved against the dilated input length.
     """
-    if not isinstance(padding, str):
-        return tuple((int(lo), int(hi)) for lo, hi in padding)
     lhs_dilation = lhs_dilation or (1,) * len(in_spatial)
     return tuple(
-        _string_pads(padding, dilated_length(n, ld), k, s, d)
-        for n, k, s, d, ld in zip(in_spatial, kernel_size, stride, rhs_dilation, lhs_dilation)
+        _string_pads(p, dilated_length(n, ld), k, s, d) if isinstance(p, str) else (int(p[0]), int(p[1]))
+        for p, n, k, s, d, ld in zip(per_axis(padding, len(in_spatial)), in_spatial, kernel_size, stride,
+                                     rhs_dilation, lhs_dilation)
     )
 
 
@@ -102,22 +108,24 @@ def conv_out_length(n: int, k: int, s: int, lo: int, hi: int, ld: int = 1, d: in
 
 
 def transpose_out_length(
-    m: int, k: int, s: int, d: int, padding: Union[str, Tuple[int, int]], output_padding: int
+    m: int, k: int, s: int, d: int, padding: Union[str, Tuple[int, int]], output_padding: int | None
 ) -> int:
     """Output length of a transposed convolution along one axis.
 
-    For explicit ``(lo, hi)`` pads (VALID is ``(0, 0)``) this is PyTorch's
-    ``(m - 1) * s + span - lo - hi + output_padding``; for SAME, SAME_LOWER and
-    CAUSAL it is ``m * s - output_padding``, the largest length a stride-``s``
-    SAME/CAUSAL convolution maps to ``m`` outputs, less ``output_padding``.
+    With an ``output_padding`` it is the smallest length the padding allows
+    plus ``output_padding``: for explicit ``(lo, hi)`` pads (VALID is
+    ``(0, 0)``) PyTorch's ``(m - 1) * s + span - lo - hi + output_padding``; for
+    SAME, SAME_LOWER and CAUSAL ``(m - 1) * s + 1 + output_padding`` (the
+    smallest length a stride-``s`` SAME/CAUSAL convolution maps to ``m``
+    outputs; Keras's and PyTorch's lengths for odd kernels).  With None, the
+    explicit-pad length with ``output_padding`` 0, and ``m * s`` for the strings
+    (the largest length mapped to ``m``: ``jax.lax.conv_transpose``'s and
+    brainstate's SAME).
     """
-    if isinstance(padding, str):
-        if padding == 'VALID':
-            padding = (0, 0)
-        else:
-            return m * s - output_padding
-    lo, hi = padding
-    return (m - 1) * s + kernel_span(k, d) - lo - hi + output_padding
+    if isinstance(padding, str) and padding != 'VALID':
+        return m * s if output_padding is None else (m - 1) * s + 1 + output_padding
+    lo, hi = (0, 0) if isinstance(padding, str) else padding
+    return (m - 1) * s + kernel_span(k, d) - lo - hi + (output_padding or 0)
 
 
 def lax_conv_transpose_pads(span: int, s: int, padding: str) -> Tuple[int, int]:
@@ -154,7 +162,9 @@ class ConvGeometry:
 
     ``pads`` are always the pads of the *forward* convolution whose input has
     ``in_spatial`` positions (for a Conv) or ``out_spatial`` positions (for a
-    ConvTranspose, which is that convolution's adjoint).
+    ConvTranspose, which is that convolution's adjoint).  A ConvTranspose's
+    ``output_padding`` is explicit: what ``out_spatial`` adds to the smallest
+    length the padding allows (:func:`transpose_out_length`).
     """
 
     in_spatial: Tuple[int, ...]
@@ -220,28 +230,34 @@ def conv_transpose_geometry(
     stride: Sequence[int],
     padding: Padding,
     rhs_dilation: Sequence[int],
-    output_padding: Sequence[int],
+    output_padding: Sequence[int] | None,
 ) -> ConvGeometry:
     """Resolve a transposed convolution's output size and its forward pads.
 
-    ValueError if an output length would be below 1.
+    ``output_padding`` None gives every axis :func:`transpose_out_length`'s
+    default.  The geometry's ``output_padding`` is the explicit one that gives
+    the same lengths (what the output adds to the smallest length the
+    padding allows).  ValueError if an output length would be below 1.
     """
     nd = len(in_spatial)
-    per_axis = [padding] * nd if isinstance(padding, str) else list(padding)
+    entries = per_axis(padding, nd)
+    ops = (None,) * nd if output_padding is None else tuple(output_padding)
     out = tuple(
         transpose_out_length(m, k, s, d, p, op)
-        for m, k, s, d, p, op in zip(in_spatial, kernel_size, stride, rhs_dilation, per_axis, output_padding)
+        for m, k, s, d, p, op in zip(in_spatial, kernel_size, stride, rhs_dilation, entries, ops)
     )
     for axis, (m, n) in enumerate(zip(in_spatial, out)):
         if n < 1:
             raise ValueError(
                 f"the transposed convolution would have output length {n} on axis {axis} "
                 f"(input {m}, kernel {kernel_size[axis]}, stride {stride[axis]}, "
-                f"rhs_dilation {rhs_dilation[axis]}, padding {per_axis[axis]!r}, "
-                f"output_padding {output_padding[axis]}); it must be at least 1")
+                f"rhs_dilation {rhs_dilation[axis]}, padding {entries[axis]!r}, "
+                f"output_padding {ops[axis]}); it must be at least 1")
+    explicit = tuple(n - transpose_out_length(m, k, s, d, p, 0)
+                     for n, m, k, s, d, p in zip(out, in_spatial, kernel_size, stride, rhs_dilation, entries))
     pads = resolve_pads(padding, out, kernel_size, stride, rhs_dilation)
     return ConvGeometry(tuple(in_spatial), out, tuple(kernel_size), tuple(stride), pads,
-                        (1,) * nd, tuple(rhs_dilation), transposed=True, output_padding=tuple(output_padding))
+                        (1,) * nd, tuple(rhs_dilation), transposed=True, output_padding=explicit)
 
 
 def adjoint_output_padding(geometry: ConvGeometry) -> Tuple[int, ...]:

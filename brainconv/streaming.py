@@ -179,10 +179,7 @@ class StreamingConv(brainstate.nn.Module):
         xm = _units.mantissa_in(x, self._unit, f'{name} input')
         nb = _args.input_array(xm, self.in_size, name)
         buf, _ = _units.split(state.value)
-        batch = tuple(buf.shape[:buf.ndim - len(self.state_size)])
-        if tuple(jnp.shape(xm)[:nb]) != batch:
-            raise ValueError(f"{name}: the input's batch shape {tuple(jnp.shape(xm)[:nb])} differs from the "
-                             f"state's {batch}; call init_state(batch_size={_batch_hint(xm, nb)})")
+        _args.state_batch(jnp.shape(xm), self.in_size, buf.shape[:buf.ndim - len(self.state_size)], name)
         xm = jnp.asarray(xm, buf.dtype)
         axis = buf.ndim - len(self.state_size) + self.time_axis
         taps = self._pack(self._taps(buf, xm, axis))  # (*batch, *other axes, k * C): the k frames the taps read
@@ -288,8 +285,3 @@ class StreamingConv(brainstate.nn.Module):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.conv).__name__}, frame {self.in_size} -> {self.out_size}, "
                 f"state {self.state_size}, params={self.num_params})")
-
-
-def _batch_hint(x: Any, nb: int) -> Any:
-    shape = tuple(jnp.shape(x)[:nb])
-    return None if not shape else shape[0] if len(shape) == 1 else shape

@@ -18,10 +18,19 @@ Conventions:
   window like a convolution's, element-wise layers leave it alone, and any
   other layer (Flatten, Linear, ...) ends it.
 * A convolutional recurrent cell (:mod:`brainconv.recurrent`) is one row:
-  its MACs are those of all its convolutions for one step, its geometry that
-  of its input convolution, and its ``states`` the shapes of the states it
-  keeps per example.  It ends the receptive field (its state sees every past
-  step).
+  its MACs are those of all its convolutions for one step and its geometry
+  that of its input convolution.  It ends the receptive field (its state sees
+  every past step).
+* The ``State`` column counts, per example, every ``brainstate.HiddenState``
+  of the row's module (a streaming buffer, a cell's ``h`` and ``c``, a
+  neuron's membrane potential; each state once), and ``states`` gives their
+  names and shapes.  A state's batch axes are those it was initialised with:
+  the leading axes before the shape its module declares (brainconv's
+  ``state_size``; else the module's ``varshape``, ``out_size`` or
+  ``in_size`` when the state's shape ends with it), and for a state whose
+  module declares none, the batch axes found that way on the first state
+  that has them.  brainconv's layers declare their states before
+  ``init_state``; other modules' states count once they exist.
 """
 
 from __future__ import annotations
@@ -129,7 +138,8 @@ class LayerSummary:
     the layer holds parameters but is of a kind whose cost is not known
     here; ``receptive_field`` is set on convolution and pooling rows whose
     receptive field with respect to the network input is defined; ``states``
-    lists ``(name, size)`` of the states a recurrent cell keeps per example.
+    lists ``(name, size)`` of the ``HiddenState`` s the layer keeps per example,
+    and ``state`` their number of values.
     """
 
     path: str
@@ -145,7 +155,7 @@ class LayerSummary:
     lhs_dilation: Size | None = None
     groups: int | None = None
     receptive_field: ReceptiveField | None = None
-    state: int = 0  # values per example carried from one time step to the next (streaming, cells)
+    state: int = 0  # values per example carried from one time step to the next (the HiddenStates)
     states: Tuple[Tuple[str, Size], ...] | None = None  # their names and shapes
 
     def to_dict(self) -> Dict[str, Any]:
@@ -236,8 +246,8 @@ class Summary:
                  f'MACs per example: {macs}']
         state = sum(r.state for r in self.rows)
         if state:
-            lines.append(f'State per example: {state:,} values (carried from one time step to the next by '
-                         f'streaming layers and recurrent cells, whose MACs are per step)')
+            lines.append(f'State per example: {state:,} values (the HiddenStates carried from one time step to the '
+                         f'next; the MACs of streaming layers and recurrent cells are per step)')
         rf = self.receptive_field
         if rf is not None:
             lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
@@ -372,6 +382,45 @@ def _param_states(obj: Any) -> Dict[int, Tuple[str, brainstate.ParamState]]:
     return {id(s): ('.'.join(map(str, p)), s) for p, s in obj.states(brainstate.ParamState).items()}
 
 
+def _hidden_states(obj: Any) -> List[Tuple[str, brainstate.HiddenState]]:
+    if not isinstance(obj, _nn.Module):
+        return []
+    return [('.'.join(map(str, p)), s) for p, s in obj.states(brainstate.HiddenState).items()]
+
+
+def _declared_states(layer: Any) -> Dict[str, Size]:
+    """The per-example shapes of the HiddenStates a brainconv layer makes in ``init_state``."""
+    if isinstance(layer, StreamingConv):
+        return {'buffer': tuple(layer.state_size)}
+    if isinstance(layer, _ConvRNNCell):
+        return {n: tuple(layer.state_size) for n in layer.state_names}
+    return {}
+
+
+def _leaf_shapes(state: brainstate.State) -> List[Size]:
+    return [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(state.value)]
+
+
+def _own_shape(layer: Any, name: str, shape: Size) -> Size | None:
+    """The per-example shape ``layer`` declares for a state of this shape, if it declares one.
+
+    brainconv's layers declare their states' shapes; any other module a state whose shape
+    ends with its ``varshape`` (a brainstate Dynamics: a neuron group), else its
+    ``out_size``, else its ``in_size``.
+    """
+    declared = _declared_states(layer).get(name)
+    candidates = [declared] if declared is not None else [
+        getattr(layer, a, None) for a in ('varshape', 'out_size', 'in_size')]
+    for size in candidates:
+        try:
+            size = tuple(int(v) for v in size)
+        except TypeError:  # None, or not a sequence of ints
+            continue
+        if size and len(shape) >= len(size) and shape[len(shape) - len(size):] == size:
+            return size
+    return None
+
+
 def _state_size(state: brainstate.State) -> Tuple[int, int]:
     leaves = jax.tree.leaves(state.value)
     return sum(int(np.size(x)) for x in leaves), sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in leaves)
@@ -446,6 +495,7 @@ class _Walk:
         self.rf: ReceptiveField | None = None
         self.rf_ended_by: str | None = None  # why the receptive field stopped being defined
         self.claimed: set = set()
+        self.claimed_hidden: set = set()
         self.param_bytes = 0
         roots = list(model) if isinstance(model, (list, tuple)) else [model]
         if not roots:
@@ -457,6 +507,7 @@ class _Walk:
                 raise ValueError(f"in_size {in_size} does not match the model's in_size {tuple(model_in)}")
         self.cur = in_size or (tuple(model_in) if model_in is not None else None)
         self.in_size = self.cur
+        self.batch = self._batch_shape(roots, isinstance(model, (list, tuple)))
         seen: dict = {}
         for i, root in enumerate(roots):
             prefix = str(i) if isinstance(model, (list, tuple)) else ''
@@ -470,6 +521,54 @@ class _Walk:
                     count, nbytes = _state_size(state)
                     self.param_bytes += nbytes
                     self.rows.append(LayerSummary(path, type(state).__name__, None, None, params=count))
+            for path, state in _hidden_states(root):  # HiddenStates held by containers
+                if id(state) not in self.claimed_hidden:
+                    self.claimed_hidden.add(id(state))
+                    entries = self._entries(None, path, state)
+                    self.rows.append(LayerSummary(path, type(state).__name__, None, None,
+                                                  state=sum(math.prod(z) for _, z in entries), states=entries))
+
+    @staticmethod
+    def _batch_shape(roots: Sequence[Any], listed: bool) -> Size | None:
+        """The batch axes the states were initialised with: those of the first state whose
+        module declares its per-example shape (None when no state tells)."""
+        for i, root in enumerate(roots):
+            for _, layer, _ in _leaves(root, str(i) if listed else '', {}):
+                for name, state in _hidden_states(layer):
+                    for shape in _leaf_shapes(state):
+                        own = _own_shape(layer, name, shape)
+                        if own is not None:
+                            return shape[:len(shape) - len(own)]
+        return None
+
+    def _entries(self, layer: Any, name: str, state: brainstate.HiddenState) -> Tuple[Tuple[str, Size], ...]:
+        """``(name, per-example shape)`` of each array in one state."""
+        shapes = _leaf_shapes(state)
+        entries = []
+        for i, shape in enumerate(shapes):
+            own = None if layer is None else _own_shape(layer, name, shape)
+            if own is None:
+                batch = self.batch or ()
+                own = shape[len(batch):] if shape[:len(batch)] == batch else shape
+            entries.append((name if len(shapes) == 1 else f'{name}.{i}', own))
+        return tuple(entries)
+
+    def _hidden(self, layer: Any) -> Tuple[Tuple[str, Size], ...]:
+        """The HiddenStates a row's module keeps (each state once over the table), per example.
+
+        A brainconv layer's states count from the shapes it declares until ``init_state`` has made them.
+        """
+        declared = _declared_states(layer)
+        made = dict(_hidden_states(layer))
+        entries: list = []
+        for name in list(declared) + [n for n in made if n not in declared]:
+            state = made.get(name)
+            key = (id(layer), name) if state is None else id(state)
+            if key in self.claimed_hidden:
+                continue
+            self.claimed_hidden.add(key)
+            entries += [(name, declared[name])] if state is None else self._entries(layer, name, state)
+        return tuple(entries)
 
     def _params(self, layer: Any) -> int:
         total = 0
@@ -510,15 +609,18 @@ class _Walk:
         name = type(layer).__name__
         if not isinstance(layer, _nn.Module):  # a plain function in a Sequential
             name = getattr(layer, '__name__', name)
-        where = f'{path} ({name})' if path else name
+        path = path or name  # a single layer given on its own: named by its type
+        where = name if path == name else f'{path} ({name})'
         declared_in = getattr(layer, 'in_size', None) if isinstance(layer, _nn.Module) else None
         in_size = tuple(declared_in) if declared_in is not None else self.cur
         if self.cur is not None and in_size != self.cur:
             self._end_rf(f"{where} takes in_size {in_size} but the layer before it gives {self.cur}")
         elif self.cur is None and self.rows:
             self._end_rf(f"{where} follows a layer whose output size is unknown")
+        hidden = self._hidden(layer)
         row = LayerSummary(path, name if shared is None else f'{name} (shared with {shared})', in_size, None,
-                           params=self._params(layer))
+                           params=self._params(layer), state=sum(math.prod(z) for _, z in hidden),
+                           states=hidden or None)
         if isinstance(layer, _CONVS):
             own = isinstance(layer, _OWN_CONVS)
             spec = layer.spec if own else _brainstate_spec(layer)
@@ -536,16 +638,13 @@ class _Walk:
             g = layer.conv.spec.geometry
             row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.window_spec),
                           kernel_size=g.kernel_size, stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation,
-                          lhs_dilation=g.lhs_dilation, groups=layer.conv.groups, state=math.prod(layer.state_size),
-                          states=(('buffer', tuple(layer.state_size)),))
+                          lhs_dilation=g.lhs_dilation, groups=layer.conv.groups)
             self._end_rf(f"{where} steps through time")
         elif isinstance(layer, _ConvRNNCell):
             g = layer.input_conv.spec.geometry
             macs = sum(conv_macs(c.spec) for c in (layer.input_conv,) + layer.recurrent_convs)
             row = replace(row, out_size=tuple(layer.out_size), macs=macs, kernel_size=g.kernel_size, stride=g.stride,
-                          pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation, groups=1,
-                          states=tuple((n, tuple(layer.state_size)) for n in layer.state_names),
-                          state=len(layer.state_names) * math.prod(layer.state_size))
+                          pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation, groups=1)
             self._end_rf(f"{where} is recurrent: its state depends on every earlier step")
         elif isinstance(layer, _POOLS):
             row = self._pool_row(row, layer, where)

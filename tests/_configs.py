@@ -22,8 +22,8 @@ def cheap_init(seed=0):
 
 @st.composite
 def paddings(draw, nd, strings=('SAME', 'SAME_LOWER', 'VALID', 'CAUSAL'), max_pad=3):
-    """(user padding, per-axis explicit pads or the upper-case string)."""
-    kind = draw(st.sampled_from(['string', 'int', 'ints', 'pairs', 'one_pair']))
+    """(user padding, the upper-case string or one entry per axis: an upper-case string or a pair)."""
+    kind = draw(st.sampled_from(['string', 'int', 'ints', 'pairs', 'one_pair', 'mixed']))
     if kind == 'string':
         s = draw(st.sampled_from(strings))
         return draw(st.sampled_from([s, s.lower()])), s
@@ -37,23 +37,50 @@ def paddings(draw, nd, strings=('SAME', 'SAME_LOWER', 'VALID', 'CAUSAL'), max_pa
     if kind == 'pairs':
         pairs = draw(st.lists(st.tuples(p, p), min_size=nd, max_size=nd))
         return tuple(pairs), tuple(pairs)
+    if kind == 'mixed':  # one entry per axis: a string (any case), an int or a pair
+        user, entries = [], []
+        for _ in range(nd):
+            entry = draw(st.sampled_from(['string', 'int', 'pair']))
+            if entry == 'string':
+                s = draw(st.sampled_from(strings))
+                user.append(draw(st.sampled_from([s, s.lower()])))
+                entries.append(s)
+            elif entry == 'int':
+                v = draw(p)
+                user.append(v)
+                entries.append((v, v))
+            else:
+                pair = draw(st.tuples(p, p))
+                user.append(pair)
+                entries.append(pair)
+        return tuple(user), tuple(entries)
     pair = draw(st.tuples(p, p))
     return (pair,), (pair,) * nd
 
 
+def axis_entries(padding, nd):
+    """The padding entry of every axis: a string or a pair."""
+    return (padding,) * nd if isinstance(padding, str) else tuple(padding)
+
+
+def is_same_like(entry):
+    """SAME, SAME_LOWER and CAUSAL: the strings whose transposed length is set by the stride alone."""
+    return isinstance(entry, str) and entry != 'VALID'
+
+
 def expected_pads(padding, spatial, kernel, stride, rhs, lhs):
     """Pads per axis from the test's own formulas."""
-    if not isinstance(padding, str):
-        return padding
     out = []
-    for n, k, s, d, ld in zip(spatial, kernel, stride, rhs, lhs):
+    for entry, n, k, s, d, ld in zip(axis_entries(padding, len(spatial)), spatial, kernel, stride, rhs, lhs):
         n = (n - 1) * ld + 1
-        if padding == 'VALID':
+        if not isinstance(entry, str):
+            out.append(tuple(entry))
+        elif entry == 'VALID':
             out.append((0, 0))
-        elif padding == 'CAUSAL':
+        elif entry == 'CAUSAL':
             out.append(((k - 1) * d, 0))
         else:
-            out.append(ref.same_pads(n, k, s, d, lower=padding == 'SAME_LOWER'))
+            out.append(ref.same_pads(n, k, s, d, lower=entry == 'SAME_LOWER'))
     return tuple(out)
 
 
@@ -101,19 +128,30 @@ def transpose_configs(draw, modes=('ZEROS', 'CIRCULAR'), max_nd=3):
     cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
     ints = lambda lo, hi: tuple(draw(st.lists(st.integers(lo, hi), min_size=nd, max_size=nd)))
     kernel, stride, rhs = ints(1, 4), ints(1, 3), ints(1, 2)
-    op = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, rhs))
     user_padding, padding = draw(paddings(nd))
+    entries = axis_entries(padding, nd)
+    # output_padding None or explicit: below the stride on SAME/SAME_LOWER/CAUSAL axes, below
+    # max(stride, rhs_dilation) on the others (PyTorch's rule).
+    op = None
+    if draw(st.booleans()):
+        op = tuple(draw(st.integers(0, (s if is_same_like(e) else max(s, d)) - 1))
+                   for e, s, d in zip(entries, stride, rhs))
     mode = draw(st.sampled_from(modes))
-    # Output length from the definition: torch's formula for explicit pads, m*s - op otherwise.
-    if isinstance(padding, str) and padding != 'VALID':
-        out = tuple(mm * s - o for mm, s, o in zip(m, stride, op))
+    # Output lengths from the definitions: the smallest length the padding allows plus output_padding
+    # ((m - 1) * s + 1 for the strings, PyTorch's formula for pads); None: m * s for the strings, 0 added
+    # for pads.
+    smallest = tuple((mm - 1) * s + 1 if is_same_like(e) else
+                     (mm - 1) * s + (k - 1) * d + 1 - sum((0, 0) if e == 'VALID' else e)
+                     for mm, s, k, d, e in zip(m, stride, kernel, rhs, entries))
+    if op is None:
+        out = tuple(mm * s if is_same_like(e) else n for mm, s, e, n in zip(m, stride, entries, smallest))
     else:
-        pairs = ((0, 0),) * nd if padding == 'VALID' else padding
-        out = tuple((mm - 1) * s + (k - 1) * d + 1 - lo - hi + o
-                    for mm, s, k, d, (lo, hi), o in zip(m, stride, kernel, rhs, pairs, op))
+        out = tuple(n + o for n, o in zip(smallest, op))
+    effective_op = tuple(n - small for n, small in zip(out, smallest))
     pads = expected_pads(padding, out, kernel, stride, rhs, (1,) * nd) if min(out) >= 1 else None
     return dict(nd=nd, m=m, cin=cin, cout=cout, groups=groups, kernel=kernel, stride=stride, rhs=rhs,
-                output_padding=op, user_padding=user_padding, padding=padding, mode=mode,
+                output_padding=op, effective_output_padding=effective_op, user_padding=user_padding,
+                padding=padding, mode=mode,
                 channel_first=draw(st.booleans()), batch=draw(st.sampled_from([(), (2,), (1, 2)])),
                 out=out, pads=pads)
 

@@ -65,10 +65,10 @@ def test_sequential_with_desc_gets_in_size_from_the_previous_layer():
         brainconv.Conv2d((12, 12, 1), 4, 3, w_init=cheap_init()),
         jax.nn.relu,
         brainconv.Conv2d.desc(out_channels=6, kernel_size=3, stride=2, w_init=cheap_init(1)),
-        brainconv.ConvTranspose2d.desc(out_channels=2, kernel_size=3, stride=2, output_padding=(0, 1),
+        brainconv.ConvTranspose2d.desc(out_channels=2, kernel_size=3, stride=2, output_padding=(1, 0),
                                        w_init=cheap_init(2)),
     )
-    assert net.out_size == (12, 11, 2)  # SAME: m * stride - output_padding
+    assert net.out_size == (12, 11, 2)  # SAME: (m - 1) * stride + 1 + output_padding
     assert net.layers[2].in_size == (12, 12, 4) and net.layers[2].out_size == (6, 6, 6)
     y = net(_x((3, 12, 12, 1)))
     assert y.shape == (3, 12, 11, 2)

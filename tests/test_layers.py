@@ -1,5 +1,8 @@
 """Every layer against the NumPy oracle over random configurations, plus the adjoint identity."""
 
+import importlib.util
+import os
+
 import _reference as ref
 import jax
 import jax.numpy as jnp
@@ -70,7 +73,7 @@ def test_conv_transpose_matches_reference(c):
         return
     layer = _build_transpose(c)
     assert layer.out_size == _in_size(c['out'], c['cout'], c['channel_first'])
-    assert layer.output_padding == c['output_padding']
+    assert layer.output_padding == c['effective_output_padding']
     x = np.random.default_rng(1).standard_normal(c['batch'] + layer.in_size).astype(np.float32)
     y = layer(jnp.asarray(x))
     expected = ref.conv_transpose(to_reference_layout(x, len(c['batch']), c['channel_first']),
@@ -109,10 +112,11 @@ def test_conv_transpose_with_same_arguments_is_adjoint(nd, padding, mode):
     n, k, s, d = (7, 6, 5)[:nd], 3, 2, (1, 2, 1)[:nd]
     conv = brainconv.Conv(nd, n + (2,), 3, k, stride=s, padding=padding, rhs_dilation=d,
                           w_init=cheap_init(), padding_mode=mode)
-    # output_padding from the test's own arithmetic: the remainder the stride dropped.
+    # output_padding from the test's own arithmetic: what the input length adds to the smallest length
+    # the padding allows ((m - 1) * s + 1 for the strings), or the remainder the stride dropped.
     pads = conv.pads
     if isinstance(padding, str) and padding != 'VALID':
-        op = tuple(m * s - nn for m, nn in zip(conv.out_size[:-1], n))
+        op = tuple(nn - (m - 1) * s - 1 for m, nn in zip(conv.out_size[:-1], n))
     else:
         op = tuple((nn + lo + hi - ((k - 1) * dd + 1)) % s for nn, dd, (lo, hi) in zip(n, d, pads))
     convT = brainconv.ConvTranspose(nd, conv.out_size, 2, k, stride=s, padding=padding, rhs_dilation=d,
@@ -205,3 +209,113 @@ def test_default_xavier_init_statistics():
     direct = np.asarray(braintools.init.XavierNormal()((3, 3, 16, 32)))
     assert np.var(w) == pytest.approx(np.var(direct), rel=0.1)
     assert abs(np.mean(w)) < 0.1 * np.std(direct)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('keras') is None, reason='keras is not installed')
+@pytest.mark.parametrize('k, s, op, padding, ours', [
+    # Keras's arguments, and brainconv's output_padding for the same layer (docs/padding.md's table)
+    (3, 2, 1, 'same', 1),        # odd span: the same output_padding, (m - 1) * s + 1 + op
+    (3, 2, 0, 'same', 0),
+    (5, 3, 2, 'same', 2),
+    (3, 2, None, 'same', None),  # None: m * s
+    (4, 2, None, 'same', None),
+    (4, 2, 1, 'same', 0),        # even span: Keras's length is (m - 1) * s + op, brainconv's op - 1
+    (2, 3, 1, 'valid', 1),       # explicit: PyTorch's formula in both
+    (2, 3, None, 'valid', 1),    # None: Keras (m - 1) * s + max(span, s), brainconv's output_padding s - span
+])
+def test_output_padding_matches_keras(k, s, op, padding, ours):
+    os.environ.setdefault('KERAS_BACKEND', 'jax')
+    keras = pytest.importorskip('keras')
+    if keras.backend.backend() != 'jax':
+        pytest.skip(f"keras runs on {keras.backend.backend()}, not jax")
+    m = 4
+    theirs = keras.layers.Conv1DTranspose(3, k, strides=s, padding=padding, output_padding=op, use_bias=False)
+    x = np.random.default_rng(9).standard_normal((2, m, 2)).astype(np.float32)
+    with jax.numpy_rank_promotion('allow'), jax.numpy_dtype_promotion('standard'):  # keras's own code
+        expected = np.asarray(theirs(x))
+    (kernel,) = theirs.get_weights()  # (k, C_out, C_in): brainconv's ConvTranspose layout
+    layer = brainconv.ConvTranspose1d((m, 2), 3, k, stride=s, padding=padding, output_padding=ours, w_init=kernel,
+                                      precision=jax.lax.Precision.HIGHEST)
+    if padding == 'same':
+        length = m * s if op is None else (m - 1) * s + k % 2 + op  # Keras's formula
+    else:
+        length = (m - 1) * s + (max(k, s) if op is None else k + op)
+    assert expected.shape == (2, length, 3) == (2,) + layer.out_size
+    np.testing.assert_allclose(layer(x), expected, **TOL)
+
+
+# One entry per axis, mixing strings, ints and pairs; the pads written out from the definitions
+# (CAUSAL: (span - 1, 0); SAME: ceil(n / s) outputs, the odd pad at the end; SAME_LOWER: at the start).
+PER_AXIS = {
+    '1d-causal': dict(spatial=(9,), kernel=(3,), stride=(2,), rhs=(2,), padding=('causal',), pads=((4, 0),)),
+    '2d-causal-same-lower': dict(spatial=(7, 6), kernel=(3, 3), stride=(1, 2), rhs=(1, 1),
+                                 padding=('CAUSAL', 'same_lower'), pads=((2, 0), (1, 0))),
+    '3d-causal-same-pair': dict(spatial=(5, 4, 6), kernel=(3, 3, 2), stride=(1, 2, 1), rhs=(1, 1, 2),
+                                padding=('CAUSAL', 'SAME', (1, 0)), pads=((2, 0), (0, 1), (1, 0))),
+    '3d-valid-int-causal': dict(spatial=(5, 4, 6), kernel=(2, 3, 3), stride=(2, 1, 3), rhs=(1, 1, 1),
+                                padding=['VALID', 1, 'Causal'], pads=((0, 0), (1, 1), (2, 0))),
+}
+
+
+@pytest.mark.parametrize('name', list(PER_AXIS))
+def test_per_axis_padding_matches_reference(name):
+    c = PER_AXIS[name]
+    nd = len(c['spatial'])
+    layer = brainconv.Conv(nd, c['spatial'] + (2,), 3, c['kernel'], stride=c['stride'], padding=c['padding'],
+                           rhs_dilation=c['rhs'], w_init=cheap_init())
+    assert layer.pads == c['pads']
+    x = np.random.default_rng(10).standard_normal((2,) + layer.in_size).astype(np.float32)
+    w = np.asarray(layer.weight.value['weight'])
+    expected = ref.conv(x, w, c['stride'], c['pads'], (1,) * nd, c['rhs'], 1)
+    np.testing.assert_allclose(layer(x), expected, **TOL)
+    args = dict(stride=c['stride'], padding=c['padding'], rhs_dilation=c['rhs'])
+    np.testing.assert_allclose(brainconv.functional.conv(x, w, **args), expected, **TOL)
+    # The transposed convolution with the same padding is the adjoint of this one, output_padding chosen so
+    # that it returns the input length: n - ((m - 1) * s + 1) on string axes, the dropped remainder on pads.
+    m = layer.out_size[:-1]
+    op = tuple(n - (mm - 1) * s - 1 if isinstance(p, str) and p.upper() != 'VALID' else
+               (n + lo + hi - (k - 1) * d - 1) % s
+               for n, mm, s, k, d, p, (lo, hi) in zip(c['spatial'], m, c['stride'], c['kernel'], c['rhs'],
+                                                     c['padding'], c['pads']))
+    wt = w  # the adjoint uses the kernel as it is: (*k, C_in, C_out) is its (*k, C_out, C_in)
+    convT = brainconv.ConvTranspose(nd, layer.out_size, 2, c['kernel'], output_padding=op, w_init=wt, **args)
+    assert convT.out_size == layer.in_size and convT.pads == c['pads']
+    y = np.random.default_rng(11).standard_normal((2,) + layer.out_size).astype(np.float32)
+    expected_t = ref.conv_transpose(y, wt, c['stride'], c['pads'], c['spatial'], c['rhs'], 1)
+    np.testing.assert_allclose(convT(y), expected_t, **TOL)
+    np.testing.assert_allclose(brainconv.functional.conv_transpose(y, wt, output_padding=op, **args), expected_t,
+                               **TOL)
+    assert _inner(layer(x), y) == pytest.approx(_inner(x, convT(y)), rel=1e-4, abs=1e-4)
+
+
+def test_python_lists_are_inputs():
+    """Nested lists (and tuples) are read as jax.numpy reads them, by every layer and op."""
+    x = np.random.default_rng(12).standard_normal((2, 6, 2)).astype(np.float32)
+    xl = x.tolist()
+    layer = brainconv.Conv1d((6, 2), 3, 3, stride=2, w_init=cheap_init())
+    w = np.asarray(layer.weight.value['weight'])
+    expected = ref.conv(x, w, (2,), ((0, 1),), (1,), (1,), 1)  # SAME: 3 outputs, the odd pad at the end
+    np.testing.assert_allclose(layer(xl), expected, **TOL)
+    np.testing.assert_allclose(layer.apply(layer.weight.value, tuple(map(tuple, xl[0]))), expected[0], **TOL)
+    np.testing.assert_allclose(brainconv.functional.conv(xl, w.tolist(), stride=2), expected, **TOL)
+    wt = w  # the adjoint uses the kernel as it is: (*k, C_in, C_out) is its (*k, C_out, C_in)
+    np.testing.assert_allclose(brainconv.functional.conv_transpose(expected.tolist(), wt.tolist(), stride=2),
+                               ref.conv_transpose(expected, wt, (2,), ((0, 1),), (6,), (1,), 1), **TOL)
+    np.testing.assert_array_equal(brainconv.functional.pad(xl, ((1, 2),)), np.pad(x, ((0, 0), (1, 2), (0, 0))))
+    for other in (brainconv.ConvTranspose1d((6, 2), 2, 3, w_init=cheap_init()),
+                  brainconv.ScaledWSConv1d((6, 2), 2, 3, w_init=cheap_init()),
+                  brainconv.LocalConv1d((6, 2), 2, 3), brainconv.SeparableConv1d((6, 2), 2, 3)):
+        np.testing.assert_allclose(other(xl), other(x), rtol=1e-6, atol=1e-6)
+    local = brainconv.LocalConv1d((6, 2), 2, 3)
+    kernel = np.asarray(local.weight.value['weight'])
+    np.testing.assert_allclose(brainconv.local_conv(xl, kernel.tolist(), kernel_size=3),
+                               brainconv.local_conv(x, kernel, kernel_size=3), rtol=1e-6, atol=1e-6)
+    step = brainconv.Conv1d((6, 2), 3, 3, padding='CAUSAL', w_init=cheap_init()).streaming()
+    step.init_state(batch_size=2)
+    np.testing.assert_allclose(step(x[:, 0].tolist()), x[:, 0] @ np.asarray(step.conv.weight.value['weight'])[2],
+                               **TOL)  # the first frame meets only the last tap
+    cell = brainconv.ConvGRUCell1d((6, 2), 2, 3)
+    cell.init_state(batch_size=2)
+    assert cell(xl).shape == (2, 6, 2)
+    with pytest.raises(TypeError, match='floating-point input'):
+        layer([[1, 2]] * 6)  # ints stay ints, as in jax.numpy

@@ -68,6 +68,7 @@ CASES = [
     (2, (4, 4), 2, 2, 3, 1, 'SAME_LOWER', 2, 1, 1, 'ZEROS', False, (1,)),
     (2, (6, 5), 2, 3, 2, 1, 1, 1, (2, 1), 1, 'REPLICATE', False, (2,)),
     (3, (3, 4, 3), 2, 2, 2, 1, 'SAME', 1, 1, 1, 'ZEROS', False, (1,)),
+    (3, (3, 5, 4), 2, 2, (2, 3, 2), (1, 2, 1), ('causal', 'SAME', (1, 0)), 1, 1, 1, 'ZEROS', False, (2,)),
 ]
 
 
@@ -86,12 +87,9 @@ def _tuple(v, nd):
 def _case_reference(case, layer, x):
     nd, spatial, cin, cout, kernel, stride, padding, lhs, rhs, groups, mode, cf, batch = case
     k, s, ld, d = (_tuple(v, nd) for v in (kernel, stride, lhs, rhs))
-    if isinstance(padding, int):
-        pads = ((padding, padding),) * nd
-    elif isinstance(padding, str):
-        pads = tuple(expected_pads(padding, n, kk, ss, dd, ll) for n, kk, ss, dd, ll in zip(spatial, k, s, d, ld))
-    else:
-        pads = tuple(padding)
+    entries = (padding,) * nd if isinstance(padding, (int, str)) else tuple(padding)  # one per axis
+    pads = tuple((e, e) if isinstance(e, int) else expected_pads(e.upper(), n, kk, ss, dd, ll) if isinstance(e, str)
+                 else tuple(e) for e, n, kk, ss, dd, ll in zip(entries, spatial, k, s, d, ld))
     assert layer.pads == pads
     xr = np.moveaxis(x, len(batch), -1) if cf else x
     xr = xr.reshape((-1,) + xr.shape[len(batch):])

@@ -84,6 +84,9 @@ CASES = {
     '2d-channel-first-reflect': dict(nd=2, spatial=(5, 4), cin=2, hidden=2, k=(3, 2), rk=(3, 3), stride=(1, 1),
                                      padding='SAME', rd=(1, 1), mode='REFLECT', rmode='CIRCULAR', batch=(2, 1),
                                      channel_first=True),
+    '2d-per-axis-causal-same': dict(nd=2, spatial=(5, 6), cin=2, hidden=2, k=(3, 3), rk=(2, 3), stride=(1, 2),
+                                    padding=('causal', 'SAME'), rd=(1, 1), mode='ZEROS', rmode='ZEROS', batch=(2,),
+                                    channel_first=False),
     '3d-no-batch': dict(nd=3, spatial=(3, 4, 3), cin=1, hidden=2, k=(2, 2, 2), rk=(2, 3, 1), stride=(1, 2, 1),
                         padding=1, rd=(1, 1, 1), mode='REPLICATE', rmode='ZEROS', batch=(),
                         channel_first=False),
@@ -93,12 +96,13 @@ CASES = {
 def resolve(case):
     """The reference's own pads and output size for a case."""
     case = dict(case)
-    if case['padding'] == 'SAME':
-        pads = [same_pads(n, k, s, d) for n, k, s, d in zip(case['spatial'], case['k'], case['stride'], case['rd'])]
-    elif case['padding'] == 'VALID':
-        pads = [(0, 0)] * case['nd']
-    else:
-        pads = [(case['padding'], case['padding'])] * case['nd']
+    padding = case['padding']
+    pads = []
+    for axis, (n, k, s, d) in enumerate(zip(case['spatial'], case['k'], case['stride'], case['rd'])):
+        entry = padding[axis] if isinstance(padding, tuple) else padding
+        entry = entry.upper() if isinstance(entry, str) else entry
+        pads.append(same_pads(n, k, s, d) if entry == 'SAME' else (0, 0) if entry == 'VALID' else
+                    ((k - 1) * d, 0) if entry == 'CAUSAL' else (entry, entry))
     out = tuple((n + lo + hi - (k - 1) * d - 1) // s + 1
                 for n, (lo, hi), k, s, d in zip(case['spatial'], pads, case['k'], case['stride'], case['rd']))
     case.update(pads=pads, out=out, rpads=rec_pads(out, case['rk']))
@@ -385,7 +389,9 @@ def test_bad_input_leaves_the_state_alone():
     bad = [
         (jnp.ones((2, 4, 1)), ValueError, r'ConvLSTMCell1d expects input of shape \(\*batch, \*in_size\)'),
         (jnp.ones((3, 5, 1)), ValueError, r'batch shape \(3,\) but its state has batch shape \(2,\)'),
-        (jnp.ones((5, 1)), ValueError, r'batch shape \(\) but its state has batch shape \(2,\)'),
+        (jnp.ones((5, 1)), ValueError, r'batch shape \(\) but its state has batch shape \(2,\); '
+                                       r'call init_state\(batch_size=None\)'),
+        (jnp.ones((3, 1, 5, 1)), ValueError, r'batch shape \(3, 1\) but its state has batch shape \(2,\)'),
         (jnp.ones((2, 5, 1), jnp.int32), TypeError, 'floating-point input'),
     ]
     for x, exc, match in bad:
@@ -393,6 +399,27 @@ def test_bad_input_leaves_the_state_alone():
             cell(x)
     np.testing.assert_array_equal(np.asarray(cell.h.value), before[0])
     np.testing.assert_array_equal(np.asarray(cell.c.value), before[1])
+
+
+@pytest.mark.parametrize('time_axis', [0, 1])
+def test_a_whole_sequence_gets_a_message_that_leads_to_the_fix(time_axis):
+    cell = brainconv.ConvGRUCell2d((5, 4, 1), 2, 3, padding=('CAUSAL', 'SAME'))
+    cell.init_state(batch_size=3)
+    xs = np.random.default_rng(4).normal(size=(7, 3, 5, 4, 1)).astype(np.float32)  # (T, B, ...)
+    given = xs if time_axis == 0 else np.moveaxis(xs, 0, 1)
+    fix = 'for_loop(cell, xs)' if time_axis == 0 else 'for_loop(cell, jnp.moveaxis(xs, 1, 0))'
+    with pytest.raises(ValueError) as info:
+        cell(jnp.asarray(given))
+    message = str(info.value)
+    assert message.startswith('ConvGRUCell2d takes one time step of shape (*batch, *in_size) = (3, 5, 4, 1) per call')
+    assert f'time on axis {time_axis}.' in message and f'brainstate.transform.{fix}' in message
+    assert 'init_state' not in message
+    # The fix it gives runs the sequence: the same as stepping by hand.
+    ys = brainstate.transform.for_loop(cell, jnp.asarray(given) if time_axis == 0 else
+                                       jnp.moveaxis(jnp.asarray(given), 1, 0))
+    cell.reset_state(batch_size=3)
+    by_hand = np.stack([np.asarray(cell(jnp.asarray(x))) for x in xs])
+    np.testing.assert_allclose(ys, by_hand, rtol=1e-5, atol=1e-6)
 
 
 def test_ranked_classes_share_the_generic_signature_and_docstring():

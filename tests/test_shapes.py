@@ -5,6 +5,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from _configs import cheap_init, conv_configs, conv_is_valid, transpose_configs
 from hypothesis import given, settings
@@ -105,3 +106,50 @@ def test_shapes_module_imports_no_jax():
                 for alias in node.names}
     imported |= {(node.module or '').split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {'jax', 'jaxlib', 'brainstate', 'brainunit', 'numpy'}
+
+
+@given(st.integers(1, 20), st.integers(1, 6), st.integers(1, 4), st.integers(1, 3), st.data())
+def test_transpose_length_for_the_strings(m, k, s, d, data):
+    """None: m * s (lax.conv_transpose's SAME); an explicit output_padding p < s: (m - 1) * s + 1 + p, the
+    smallest length a stride-s SAME/CAUSAL convolution maps to m, plus p.  Either way that convolution maps
+    the output length back to m."""
+    p = data.draw(st.integers(0, s - 1))
+    for padding in ('SAME', 'SAME_LOWER', 'CAUSAL'):
+        assert shapes.transpose_out_length(m, k, s, d, padding, None) == m * s
+        n = shapes.transpose_out_length(m, k, s, d, padding, p)
+        assert n == (m - 1) * s + 1 + p
+        assert -(-n // s) == m  # SAME and CAUSAL give ceil(n / s) outputs
+        g = shapes.conv_transpose_geometry((m,), (k,), (s,), padding, (d,), None)
+        assert g.out_spatial == (m * s,) and g.output_padding == (s - 1,)  # the explicit value that gives m * s
+
+
+@pytest.mark.parametrize('nd, value, expected', [
+    (1, 'causal', 'CAUSAL'),
+    (1, ('causal',), 'CAUSAL'),
+    (1, ['Same'], 'SAME'),
+    (1, (2, 1), ((2, 1),)),
+    (1, ((2, 1),), ((2, 1),)),
+    (2, ('SAME', 'same'), 'SAME'),
+    (2, ('VALID',), 'VALID'),
+    (2, (1, 2), ((1, 1), (2, 2))),
+    (2, ('CAUSAL', 1), ('CAUSAL', (1, 1))),
+    (2, (1, (2, 0)), ((1, 1), (2, 0))),
+    (3, ('CAUSAL', 'SAME', 'same_lower'), ('CAUSAL', 'SAME', 'SAME_LOWER')),
+    (3, ['causal', np.array([1, 0]), np.int64(2)], ('CAUSAL', (1, 0), (2, 2))),
+    (3, np.array([[1, 0], [0, 1], [2, 2]]), ((1, 0), (0, 1), (2, 2))),
+])
+def test_padding_normal_forms(nd, value, expected):
+    """One string for every axis stays a string; pairs stay pairs; a mix keeps one entry per axis."""
+    from brainconv import _args
+    assert _args.padding(value, nd) == expected
+
+
+@pytest.mark.parametrize('padding, expected', [
+    # n = 9, k = 4, s = 2 on every axis (docs/padding.md's example): SAME (1, 2), SAME_LOWER (2, 1), CAUSAL (3, 0)
+    (('CAUSAL', 'SAME', 'SAME_LOWER'), ((3, 0), (1, 2), (2, 1))),
+    (('VALID', (2, 2), (0, 3)), ((0, 0), (2, 2), (0, 3))),
+])
+def test_resolve_pads_per_axis(padding, expected):
+    assert shapes.resolve_pads(padding, (9, 9, 9), (4, 4, 4), (2, 2, 2), (1, 1, 1)) == expected
+    g = shapes.conv_geometry((9, 9, 9), (4, 4, 4), (2, 2, 2), padding, (1, 1, 1), (1, 1, 1))
+    assert g.out_spatial == tuple((9 + lo + hi - 4) // 2 + 1 for lo, hi in expected)

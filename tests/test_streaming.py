@@ -1,6 +1,7 @@
 """StreamingConv: stepping through time against the NumPy oracle (causal pads) and the full-sequence call."""
 
 import itertools
+import re
 
 import _reference as ref
 import brainstate
@@ -37,6 +38,14 @@ CONFIGS = {
     'conv2d-replicate': dict(
         nd=2, spatial=(6, 4), cin=2, cout=3, kernel=(3, 2), stride=(1, 1), rhs=(2, 1), lhs=(1, 1), groups=1,
         padding='CAUSAL', pads=((4, 0), (1, 0)), channel_first=False, batch=(2,), bias=True, mode='REPLICATE'),
+    # Per-axis padding: causal in time, centred in space (SAME: ceil(n / s) outputs, the odd pad at the end).
+    'conv3d-causal-time-same-space': dict(
+        nd=3, spatial=(5, 4, 5), cin=2, cout=3, kernel=(3, 3, 2), stride=(1, 2, 1), rhs=(2, 1, 1),
+        lhs=(1, 1, 1), groups=1, padding=('CAUSAL', 'same', 'SAME'), pads=((4, 0), (0, 1), (0, 1)),
+        channel_first=False, batch=(2,), bias=True),
+    'conv2d-causal-time-pair-channel-first': dict(
+        nd=2, spatial=(6, 5), cin=2, cout=2, kernel=(2, 3), stride=(1, 1), rhs=(1, 1), lhs=(1, 1), groups=2,
+        padding=['causal', (2, 0)], pads=((1, 0), (2, 0)), channel_first=True, batch=(), bias=False),
     'conv4d': dict(
         nd=4, spatial=(4, 3, 3, 2), cin=1, cout=2, kernel=(2, 2, 1, 2), stride=(1, 1, 2, 1), rhs=(2, 1, 1, 1),
         lhs=(1, 1, 1, 1), groups=1, padding='CAUSAL', pads=((2, 0), (1, 0), (0, 0), (1, 0)), channel_first=False,
@@ -298,8 +307,39 @@ def test_bad_calls():
     step.init_state(batch_size=2)
     with pytest.raises(ValueError, match=r'expects input of shape \(\*batch, \*in_size\) = \(\*batch, 2\)'):
         step(jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match=r"batch shape \(3,\) differs from the state's \(2,\)"):
+    with pytest.raises(ValueError, match=r"batch shape \(3,\) but its state has batch shape \(2,\); "
+                                         r"call init_state\(batch_size=3\)"):
         step(jnp.ones((3, 2)))
     with pytest.raises(TypeError, match='floating-point'):
         step(jnp.ones((2, 2), jnp.int32))
     np.testing.assert_array_equal(step.buffer.value, np.zeros((2, 3, 2), np.float32))  # nothing changed
+
+
+@pytest.mark.parametrize('time_axis', [0, 1])
+def test_a_whole_sequence_gets_a_message_that_leads_to_the_fix(time_axis):
+    """(T, B, ...) or (B, T, ...) given to a step: the message names the time axis and the for_loop call,
+    and that call gives the causal convolution of the sequence."""
+    c = CONFIGS['conv3d-causal-time-same-space']
+    conv = _build(c)
+    step = conv.streaming()
+    step.init_state(batch_size=2)
+    x = _input(c)  # (B, T, H, W, C)
+    xs = np.moveaxis(x, 1, 0) if time_axis == 0 else x
+    fix = 'for_loop(layer, xs)' if time_axis == 0 else 'for_loop(layer, jnp.moveaxis(xs, 1, 0))'
+    with pytest.raises(ValueError, match=rf"takes one time step of shape \(\*batch, \*in_size\) = \(2, 4, 5, 2\) "
+                                         rf".*got shape {re.escape(str(xs.shape))}: .*time on axis {time_axis}\. "
+                                         rf".*brainstate\.transform\.{re.escape(fix)}"):
+        step(jnp.asarray(xs))
+    assert 'init_state' not in _message(step, xs)
+    layer = step  # what the message calls it
+    ys = eval('brainstate.transform.' + fix, {'brainstate': brainstate, 'jnp': jnp, 'layer': layer,
+                                              'xs': jnp.asarray(xs)})
+    np.testing.assert_allclose(jnp.moveaxis(ys, 0, 1), _oracle(c, conv, x), **TOL)
+
+
+def _message(layer, x):
+    try:
+        layer(jnp.asarray(x))
+    except ValueError as e:
+        return str(e)
+    raise AssertionError('no error')

@@ -244,7 +244,7 @@ def test_quantity_weights_count_their_mantissa():
     layer = brainconv.Conv2d((5, 5, 2), 3, 3, w_init=lambda shape: u.Quantity(np.ones(shape, np.float32), unit=u.mS))
     s = brainconv.summary(layer)
     assert s.total_params == 3 * 3 * 2 * 3
-    assert s.rows[0].path == '' and s.rows[0].type == 'Conv2d'
+    assert s.rows[0].path == 'Conv2d' and s.rows[0].type == 'Conv2d'  # a layer on its own: named by its type
 
 
 def test_in_size_argument():
@@ -336,6 +336,11 @@ def test_receptive_field_is_the_gradient_support(chain):
             checked += 1
     assert checked > 0
 
+
+RF_CHAINS['per-axis padding'] = lambda: [
+    brainconv.Conv2d((20, 20, 1), 1, 3, padding=('CAUSAL', 'SAME'), w_init=ones),
+    brainconv.Conv2d((20, 20, 1), 1, (2, 3), stride=2, padding=('same_lower', (2, 0)), w_init=ones),
+]
 
 RF_CHAINS['brainstate layers'] = lambda: [
     nn.Conv2d((24, 24, 1), 2, (3, 5), stride=(2, 1), w_init=jax_init(ones)),
@@ -519,3 +524,98 @@ def test_the_footer_says_what_receptive_field_says(make):
     else:
         assert s.receptive_field == rf and s.receptive_field_error is None
         assert text.splitlines()[-1] == _rf_text(rf)
+
+
+# --- per-axis padding and hidden states -----------------------------------------------------------
+
+def test_per_axis_padding_rows():
+    """Pads written out from the definitions: CAUSAL (span - 1, 0), SAME ceil(n / s) outputs (odd pad at the end)."""
+    net = nn.Sequential(brainconv.Conv3d((6, 8, 8, 1), 2, 3, stride=(1, 2, 2), padding=('CAUSAL', 'SAME', (1, 0)),
+                                         w_init=ones),
+                        brainconv.ConvTranspose3d((6, 4, 4, 2), 1, 3, stride=(1, 2, 2),
+                                                  padding=('CAUSAL', 'SAME', 'VALID'), w_init=ones))
+    rows = brainconv.summary(net).rows
+    assert rows[0].pads == ((2, 0), (0, 1), (1, 0)) and rows[0].out_size == (6, 4, 4, 2)
+    # The transpose: (m - 1) * s + 1 + ... with output_padding None: 6, 4 * 2 = 8, and (4 - 1) * 2 + 3 = 9.
+    assert rows[1].out_size == (6, 8, 9, 1) and rows[1].pads == ((2, 0), (0, 1), (0, 0))
+    rf = brainconv.receptive_field(net.layers[0])
+    # start = (span - 1) / 2 - lo: 1 - 2, 1 - 0, 1 - 1
+    assert rf.size == (3, 3, 3) and rf.jump == (1, 2, 2) and rf.start == (-1, 1, 0)
+
+
+class Leaky(nn.Module):
+    """A brainstate-only stateful module: a HiddenState per position, made by init_state."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.in_size = self.out_size = tuple(size)
+
+    def init_state(self, batch_size=None, **kwargs):
+        batch = () if batch_size is None else (batch_size,)
+        self.v = brainstate.HiddenState(jnp.zeros(batch + self.in_size))
+
+    def update(self, x):
+        self.v.value = 0.5 * self.v.value + x
+        return self.v.value
+
+
+class Holder(nn.Module):
+    """A container holding a HiddenState of its own beside its layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = brainconv.Conv1d((10, 2), 3, 3, padding='CAUSAL', w_init=ones).streaming()
+        self.leak = Leaky((3,))
+        self.trace = brainstate.HiddenState(jnp.zeros((4, 5)))  # batch 4, 5 values per example
+
+
+def hidden_per_example(module, batch):
+    """Values per example in every HiddenState of module: their sizes divided by the batch size."""
+    total = sum(int(np.size(leaf)) for st in module.states(brainstate.HiddenState).values()
+                for leaf in jax.tree.leaves(st.value))
+    assert total % batch == 0
+    return total // batch
+
+
+def test_state_counts_every_hidden_state():
+    net = Holder()
+    s = brainconv.summary(net)  # before init_state: brainconv's declared states, and the states that exist
+    assert [(r.path, r.state) for r in s.rows[:2]] == [('step', 3 * 2), ('leak', 0)]
+    assert s.rows[2].path == 'trace'  # no state tells its batch axes yet: counted whole (4 x 5)
+    brainstate.nn.init_all_states(net, 4)
+    s = brainconv.summary(net)
+    assert [(r.path, r.state) for r in s.rows] == [('step', 3 * 2), ('leak', 3), ('trace', 5)]
+    assert s.rows[1].states == (('v', (3,)),) and s.rows[2].type == 'HiddenState'
+    assert sum(r.state for r in s.rows) == hidden_per_example(net, 4) == 14
+    assert 'State per example: 14 values' in str(s) and 'v(3,)' in str(s)
+    # Without a batch axis the per-example shapes are the same; other columns are unchanged.
+    brainstate.nn.init_all_states(net)
+    s2 = brainconv.summary(net)
+    assert [r.state for r in s2.rows[:2]] == [6, 3]
+    assert [(r.params, r.macs, r.out_size) for r in s2.rows] == [(r.params, r.macs, r.out_size) for r in s.rows]
+
+
+def test_a_shared_state_counts_once_and_every_row_has_a_name():
+    cell = brainconv.ConvGRUCell1d((5, 1), 2, 3)
+    s = brainconv.summary(cell)
+    assert s.rows[0].path == 'ConvGRUCell1d' and s.rows[0].state == 10 and s.rows[0].states == (('h', (5, 2)),)
+    net = nn.Sequential(cell, brainconv.Conv1d((5, 2), 1, 1, w_init=ones), nn.Tanh(), cell)
+    brainstate.nn.init_all_states(net, 2)
+    s = brainconv.summary(net)
+    assert [r.state for r in s.rows] == [10, 0, 0, 0]
+    assert all(r.path for r in s.rows)
+
+
+def test_state_of_a_spiking_network():
+    """A brainpy.state LIF's membrane potential counts beside brainconv's states (brainpy: Python >= 3.12)."""
+    brainpy = pytest.importorskip('brainpy')
+    lif = brainpy.state.LIF((6, 6, 4))
+    net = nn.Sequential(brainconv.Conv3d((5, 6, 6, 1), 4, 3, padding=('CAUSAL', 'SAME', 'SAME'), w_init=ones)
+                        .streaming(), lif, brainconv.ConvLSTMCell2d((6, 6, 4), 2, 3))
+    brainstate.nn.init_all_states(net, 3)
+    s = brainconv.summary(net)
+    buffer, v, hc = 3 * 6 * 6 * 1, 6 * 6 * 4, 2 * 6 * 6 * 2  # span-3 buffer of (6, 6, 1) frames; V; h and c
+    assert [r.state for r in s.rows] == [buffer, v, hc]
+    assert s.rows[1].states == (('V', (6, 6, 4)),) and s.rows[1].type == 'LIF'
+    assert sum(r.state for r in s.rows) == hidden_per_example(net, 3)
+    assert f'State per example: {buffer + v + hc:,} values' in str(s)

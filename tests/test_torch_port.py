@@ -88,7 +88,7 @@ def test_conv_transpose_matches_torch(nd, kwargs, padding):
     assert weight.shape == (cin, cout // groups) + (k,) * nd
     layer = getattr(brainconv, f'ConvTranspose{nd}d')(
         spatial + (cin,), cout, k, stride=kwargs.get('stride', 1), padding=padding,
-        rhs_dilation=kwargs.get('dilation', 1), groups=groups, output_padding=kwargs.get('output_padding', 0),
+        rhs_dilation=kwargs.get('dilation', 1), groups=groups, output_padding=kwargs.get('output_padding'),
         w_init=conv_transpose_kernel_from_torch(weight, groups), b_init=bias.reshape((1,) * nd + (cout,)),
         precision=jax.lax.Precision.HIGHEST)
     x = rng.normal(size=(2, cin) + spatial).astype(np.float32)
@@ -106,3 +106,24 @@ def test_the_transposed_kernel_recipe_is_the_adjoint_layout():
     weight = rng.normal(size=(cin, cout // groups, 3, 3)).astype(np.float32)
     via_conv = brainconv.functional.transpose_kernel(conv_kernel_from_torch(weight), groups)
     np.testing.assert_array_equal(np.asarray(via_conv), conv_transpose_kernel_from_torch(weight, groups))
+
+
+@pytest.mark.parametrize('m, k, s, d, op', [(4, 3, 2, 1, 1), (4, 3, 2, 1, 0), (5, 5, 3, 1, 2), (3, 3, 2, 2, 1)])
+def test_output_padding_adds_to_the_length_as_in_torch(m, k, s, d, op):
+    """torch's ConvTranspose with padding = (span - 1) // 2 (span odd) has length (m - 1) * s + 1 + op, that of
+    brainconv's 'SAME' with the same output_padding.  Its values are brainconv's with the same int padding (the
+    pads of the forward convolution, torch's meaning), and with 'SAME' where op is 0: torch takes all op extra
+    positions off the forward convolution's high pad, 'SAME' splits the pads evenly (as Keras does)."""
+    span = (k - 1) * d + 1
+    tconv = torch.nn.ConvTranspose1d(2, 3, k, stride=s, padding=(span - 1) // 2, output_padding=op, dilation=d,
+                                     bias=False)
+    x = np.random.default_rng(3).normal(size=(2, 2, m)).astype(np.float32)
+    expected = tconv(to_torch(x)).detach().numpy()
+    w = conv_transpose_kernel_from_torch(tconv.weight.detach().numpy(), 1)
+    for padding in ('SAME', (span - 1) // 2):
+        layer = brainconv.ConvTranspose1d((m, 2), 3, k, stride=s, padding=padding, rhs_dilation=d, output_padding=op,
+                                          w_init=w, precision=jax.lax.Precision.HIGHEST)
+        assert layer.out_size == ((m - 1) * s + 1 + op, 3) == expected.shape[:0:-1]
+        if padding != 'SAME' or op == 0:
+            y = np.moveaxis(np.asarray(layer(np.moveaxis(x, 1, -1))), -1, 1)
+            np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
