@@ -5,12 +5,15 @@
     python notebooks/run_all.py 03_vision_digits.ipynb   # only some
 
 Each notebook runs in a fresh kernel on this interpreter (``sys.executable``),
-with the notebooks folder as its working directory.
+with the notebooks folder as its working directory.  A notebook whose metadata
+lists packages under ``brainconv.requires`` (08 needs braintrace, which installs
+on Python >= 3.12 only) is skipped, and said so, where one of them is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -46,6 +49,12 @@ def run(path: Path, write: bool, timeout: int) -> float:
     return seconds
 
 
+def missing_requirements(path: Path) -> list[str]:
+    """The packages a notebook's metadata says it needs that this interpreter lacks."""
+    needs = nbformat.read(path, as_version=4).metadata.get('brainconv', {}).get('requires', [])
+    return [name for name in needs if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('notebooks', nargs='*', help='notebook file names (default: every *.ipynb here)')
@@ -57,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f'no notebooks found in {HERE}')
         return 1
     os.environ.pop('MPLBACKEND', None)  # let the kernel use its inline backend, so figures are saved
-    failed = []
+    failed, skipped = [], []
     for path in paths:
+        missing = missing_requirements(path)
+        if missing:
+            skipped.append(path.name)
+            print(f'{path.name} skipped: needs {", ".join(missing)}', flush=True)
+            continue
         print(f'{path.name} ...', flush=True)
         try:
             seconds = run(path, args.write, args.timeout)
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f'{path.name} FAILED\n{e}', flush=True)
             continue
         print(f'{path.name} ok in {seconds:.1f} s', flush=True)
-    print(f'{len(paths) - len(failed)} passed, {len(failed)} failed')
+    print(f'{len(paths) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped')
     return 1 if failed else 0
 
 
