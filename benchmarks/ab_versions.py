@@ -7,16 +7,22 @@ input and weights), in interleaved rounds that alternate which goes first.  Prin
 rounds of the per-round ratio new / old (< 1: the working tree is faster), and the formulation the
 new layer runs as.  Not a test: nothing here asserts a speed.
 
+``--same-program`` first compares the two versions' compiled XLA programs (forward and
+gradients, debug metadata stripped): where they are identical, so is the speed, and no timing
+can say otherwise.
+
 Usage::
 
     python benchmarks/ab_versions.py --old 84a6f67            # configs a-f, h of bench_cpu.py
     python benchmarks/ab_versions.py --old HEAD~3 --configs a,f --rounds 11
+    python benchmarks/ab_versions.py --old HEAD~3 --same-program --rounds 0
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +55,15 @@ def _layer(module, cfg):
     return cls(cfg['nd'], cfg['spatial'] + (cfg['cin'],), cfg['cout'], cfg['k'], **cfg['kw'])
 
 
+def _program(fn, *args) -> str:
+    """The optimised HLO of ``jax.jit(fn)`` without debug metadata and instruction numbering."""
+    import jax
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    text = text[text.index('HloModule'):].split('FileNames')[0]
+    text = re.sub(r'metadata=\{[^}]*\}|, stack_frame_id=\d+', '', text)
+    return re.sub(r'\.\d+', '', text)
+
+
 def _best_of(fn, args, reps):
     import jax
     jax.block_until_ready(fn(*args))
@@ -66,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument('--configs', default=','.join(CONFIGS), help='comma-separated subset of ' + ','.join(CONFIGS))
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--reps', type=int, default=5, help='timed calls per measurement (the best is kept)')
+    parser.add_argument('--same-program', action='store_true', help='compare the compiled programs first')
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix='brainconv-ab-')
     _extract(args.old, tmp)
@@ -87,16 +103,24 @@ def main(argv=None) -> int:
                         jnp.float32)
         fns = {}
         for name, layer in (('new', new), ('old', old)):
-            fns[name, 'fwd'] = jax.jit(layer.apply)
-            fns[name, 'fb'] = jax.jit(jax.grad(lambda p, a, lay=layer: jnp.sum(lay.apply(p, a) ** 2), argnums=(0, 1)))
+            fns[name, 'fwd'] = layer.apply
+            fns[name, 'fb'] = jax.value_and_grad(lambda p, a, lay=layer: jnp.sum(lay.apply(p, a) ** 2), argnums=(0, 1))
+        if args.same_program:
+            same = [mode for mode in ('fwd', 'fb') if _program(fns['new', mode], new.weight.value, x)
+                    == _program(fns['old', mode], new.weight.value, x)]
+            print(f"{key}: compiled programs {'identical' if len(same) == 2 else 'differ'}"
+                  f" (forward {'same' if 'fwd' in same else 'differs'}, value_and_grad "
+                  f"{'same' if 'fb' in same else 'differs'})", flush=True)
+        fns = {k: jax.jit(f) for k, f in fns.items()}
         ratios = {'fwd': [], 'fb': []}
         for i in range(args.rounds):
             for mode in ratios:
                 order = ('new', 'old') if i % 2 == 0 else ('old', 'new')
                 t = {name: _best_of(fns[name, mode], (new.weight.value, x), args.reps) for name in order}
                 ratios[mode].append(t['new'] / t['old'])
-        print(f"{key}: forward {statistics.median(ratios['fwd']):.2f}  fwd+bwd {statistics.median(ratios['fb']):.2f}"
-              f"   (new runs as {new.lowering})", flush=True)
+        if args.rounds:
+            fwd, fb = statistics.median(ratios['fwd']), statistics.median(ratios['fb'])
+            print(f"{key}: forward {fwd:.2f}  fwd+bwd {fb:.2f}   (new runs as {new.lowering})", flush=True)
     return 0
 
 
