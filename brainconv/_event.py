@@ -1,0 +1,435 @@
+"""Event-driven convolution kernels: native CPU loops over the non-zero inputs.
+
+Spiking inputs are binary and sparse (1-5% of positions active per step).
+The kernels here scan the input once for its non-zeros and, for each, add
+``value * kernel slice`` into every output position it reaches (forward), or
+``value * output-gradient row`` into every kernel tap it reaches (kernel
+gradient), so their cost is proportional to the number of non-zeros, not to
+the input size.  They are exact for any input values (zeros are skipped, the
+rest multiplied), in float32 and float64, for any core geometry of
+:mod:`brainconv.lowering`: any number of spatial axes, stride, rhs and lhs
+dilation (input ``p`` sits at ``p * ld`` of the dilated input, so no
+multiply ever touches an inserted zero), negative pads (crops), groups and
+depthwise kernels with a channel multiplier.
+
+Public functions (the signature of every formulation in ``lowering.py``):
+
+* :func:`available` -- numba is importable and the custom-call bridge runs here;
+* :func:`forward` ``(x, w, g, groups, precision=None, binary=False) -> y``;
+* :func:`weight_grad` ``(x, gy, g, groups, precision=None, binary=False) -> dw``;
+* :func:`event_cost`, :func:`dense_cost`, :func:`crossover`: the measured cost
+  model the run-time density switch reads.
+
+How it runs.  The kernels are Numba functions, jitted on first use
+(``cache=True``: later processes load them from disk) and called from XLA as
+custom calls through brainevent's kernel interface (``XLACustomKernel`` +
+``def_numba_kernel``; the call goes through a ctypes callback that holds the
+GIL for a few microseconds).  numba is optional (``pip install
+brainconv[event]``): nothing here imports it until a kernel is first needed.
+
+The geometry reaches a kernel as one small int32 operand, the *plan*,
+computed once per geometry with NumPy: for the first ``nd - 1`` spatial axes
+flattened together ("lead") and for the last axis, per input position the
+list of ``(tap, output)`` pairs it reaches (pre-multiplied into flat
+offsets).  A position's pairs are the product of its lead and last-axis
+lists, so the table stays small (``P_lead * K_lead + n_last * k_last``
+entries) for any rank, and one compiled kernel per dtype serves every
+geometry.  Inputs are passed flattened to ``(N, positions, channels)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import warnings
+from typing import Any, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .shapes import ConvGeometry
+
+__all__ = ['available', 'forward', 'weight_grad', 'plan', 'event_cost', 'dense_cost', 'crossover']
+
+#: Entries of the plan's header (int32): lead positions, last-axis length, the start of the lead
+#: offsets, lead pairs, last offsets and last pairs in the plan, and (set per call) the number of
+#: partial sums the kernel gradient splits its work into.
+_HEADER = 7
+_PARTS = 6
+
+#: Below this many output channels per group the innermost loop is written out element by element
+#: (a strided slice costs more than it saves); from here on it is a contiguous, vectorised run.
+_VECTOR_MIN = 8
+
+
+# --------------------------------------------------------------------------- #
+# The plan: which (tap, output) pairs every input position reaches
+# --------------------------------------------------------------------------- #
+
+def _axis_pairs(n: int, k: int, s: int, d: int, ld: int, lo: int, out: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(valid, o)``, both ``(n, k)``: input ``p`` and tap ``t`` reach output ``o`` where
+    ``p * ld + lo == o * s + t * d`` with ``0 <= o < out``."""
+    q = np.arange(n)[:, None] * ld + lo - np.arange(k)[None, :] * d
+    valid = (q >= 0) & (q % s == 0) & (q < out * s)
+    return valid, np.where(valid, q // s, 0)
+
+
+def _pair_lists(g: ConvGeometry, axes: range) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the positions of ``axes`` (flattened, row-major): CSR offsets, and the flat tap and
+    output indices (within those axes) of every pair, in position order."""
+    valid = np.ones((1, 1), bool)
+    taps = np.zeros((1, 1), np.int64)
+    outs = np.zeros((1, 1), np.int64)
+    for a in axes:
+        va, oa = _axis_pairs(g.in_spatial[a], g.kernel_size[a], g.stride[a], g.rhs_dilation[a],
+                             g.lhs_dilation[a], g.pads[a][0], g.out_spatial[a])
+        n, k = va.shape
+        full = (valid.shape[0], n, valid.shape[1], k)
+        shape = (full[0] * n, full[2] * k)
+        valid = np.broadcast_to(valid[:, None, :, None] & va[None, :, None, :], full).reshape(shape)
+        outs = np.broadcast_to(outs[:, None, :, None] * g.out_spatial[a] + oa[None, :, None, :], full).reshape(shape)
+        taps = np.broadcast_to(taps[:, None, :, None] * k + np.arange(k)[None, None, None, :], full).reshape(shape)
+    offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
+    return offsets, taps[valid], outs[valid]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(g: ConvGeometry) -> np.ndarray:
+    nd = g.num_spatial_dims
+    lead_offsets, lead_taps, lead_outs = _pair_lists(g, range(nd - 1))
+    last_offsets, last_taps, last_outs = _pair_lists(g, range(nd - 1, nd))
+    k_last, out_last = g.kernel_size[-1], g.out_spatial[-1]
+    lead_pairs = np.stack([lead_taps * k_last, lead_outs * out_last], axis=1).ravel()
+    last_pairs = np.stack([last_taps, last_outs], axis=1).ravel()
+    parts = [lead_offsets, lead_pairs, last_offsets, last_pairs]
+    starts = np.cumsum([_HEADER] + [len(p) for p in parts])
+    header = [len(lead_offsets) - 1, g.in_spatial[-1]] + list(starts[:4]) + [1]
+    table = np.concatenate([np.asarray(header, np.int64)] + parts)
+    if math.prod(g.out_spatial) >= 2 ** 31 or table.size >= 2 ** 31:
+        raise ValueError(f"event kernels index with int32: {g} is too large")
+    table = table.astype(np.int32)
+    table.flags.writeable = False
+    return table
+
+
+def plan(g: ConvGeometry) -> np.ndarray:
+    """The int32 table a kernel reads the geometry from (see the module docstring); cached."""
+    return _plan(g)
+
+
+# --------------------------------------------------------------------------- #
+# The kernels (plain Python here; jitted by numba on first use, see _numba())
+# --------------------------------------------------------------------------- #
+
+def _forward_kernel(x, w, table, y):
+    """``y[n, o, :] = sum`` over non-zero ``x[n, p, c]`` and the pairs ``(t, o)`` of ``p`` of
+    ``x[n, p, c] * w[c % cin_g, t, group(c)]``.  ``x``: ``(N, P_in, C_in)``; ``w``:
+    ``(C_in // groups, K, C_out)`` (channel-major: one input channel's taps are contiguous);
+    ``y``: ``(N, P_out, C_out)``.  Parallel over the batch (each example writes its own rows)."""
+    n_batch, _, n_chan = x.shape
+    cin_g, n_taps, cout = w.shape
+    cout_g = cout // (n_chan // cin_g)
+    wf = w.reshape(-1)
+    chan_w = np.empty(n_chan, np.int64)
+    chan_y = np.empty(n_chan, np.int64)
+    for c in range(n_chan):
+        grp = c // cin_g
+        chan_w[c] = (c - grp * cin_g) * n_taps * cout + grp * cout_g
+        chan_y[c] = grp * cout_g
+    p_lead, n_last = table[0], table[1]
+    lead_offsets, lead_pairs, last_offsets, last_pairs = table[2], table[3], table[4], table[5]
+    for n in numba.prange(n_batch):
+        yn = y[n].reshape(-1)
+        yn[:] = 0
+        xn = x[n]
+        w_at = np.empty(n_chan, np.int64)
+        y_at = np.empty(n_chan, np.int64)
+        vals = np.empty(n_chan, x.dtype)
+        for pl in range(p_lead):
+            a0, a1 = table[lead_offsets + pl], table[lead_offsets + pl + 1]
+            if a0 == a1:
+                continue
+            for pz in range(n_last):
+                b0, b1 = table[last_offsets + pz], table[last_offsets + pz + 1]
+                if b0 == b1:
+                    continue
+                xr = xn[pl * n_last + pz]
+                count = 0
+                for c in range(n_chan):
+                    count += xr[c] != 0
+                if count == 0:
+                    continue
+                m = 0
+                for c in range(n_chan):
+                    v = xr[c]
+                    if v != 0:
+                        w_at[m] = chan_w[c]
+                        y_at[m] = chan_y[c]
+                        vals[m] = v
+                        m += 1
+                for j in range(m):
+                    v = vals[j]
+                    for a in range(a0, a1):
+                        wl = w_at[j] + table[lead_pairs + 2 * a] * cout
+                        yl = y_at[j] + table[lead_pairs + 2 * a + 1] * cout
+                        for b in range(b0, b1):
+                            wb = wl + table[last_pairs + 2 * b] * cout
+                            yb = yl + table[last_pairs + 2 * b + 1] * cout
+                            if cout_g >= 8:
+                                yrow = yn[yb:yb + cout_g]
+                                wrow = wf[wb:wb + cout_g]
+                                for co in range(cout_g):
+                                    yrow[co] += v * wrow[co]
+                            else:
+                                for co in range(cout_g):
+                                    yn[yb + co] += v * wf[wb + co]
+
+
+def _weight_grad_kernel(x, gy, table, dw):
+    """``dw[t, c % cin_g, group(c)] = sum`` over non-zero ``x[n, p, c]`` and the pairs ``(t, o)``
+    of ``p`` of ``x[n, p, c] * gy[n, o, group(c)]``.  ``dw``: ``(K, C_in // groups, C_out)``.
+    The batch's positions are split into one contiguous range per thread, each accumulating a
+    partial ``dw`` of its own; the partials are summed at the end."""
+    n_batch, n_in, n_chan = x.shape
+    cout = gy.shape[2]
+    n_taps, cin_g, _ = dw.shape
+    cout_g = cout // (n_chan // cin_g)
+    size = n_taps * cin_g * cout
+    chan_w = np.empty(n_chan, np.int64)
+    chan_y = np.empty(n_chan, np.int64)
+    for c in range(n_chan):
+        grp = c // cin_g
+        chan_w[c] = (c - grp * cin_g) * cout + grp * cout_g
+        chan_y[c] = grp * cout_g
+    p_lead, n_last = table[0], table[1]
+    lead_offsets, lead_pairs, last_offsets, last_pairs = table[2], table[3], table[4], table[5]
+    total = n_batch * n_in
+    n_parts = max(1, min(table[6], total))
+    parts = np.zeros((n_parts, size), dw.dtype)
+    tap_stride = cin_g * cout
+    for k in numba.prange(n_parts):
+        acc = parts[k]
+        w_at = np.empty(n_chan, np.int64)
+        y_at = np.empty(n_chan, np.int64)
+        vals = np.empty(n_chan, x.dtype)
+        for pos in range(k * total // n_parts, (k + 1) * total // n_parts):
+            n = pos // n_in
+            p = pos - n * n_in
+            pl = p // n_last
+            pz = p - pl * n_last
+            a0, a1 = table[lead_offsets + pl], table[lead_offsets + pl + 1]
+            b0, b1 = table[last_offsets + pz], table[last_offsets + pz + 1]
+            if a0 == a1 or b0 == b1:
+                continue
+            xr = x[n, p]
+            count = 0
+            for c in range(n_chan):
+                count += xr[c] != 0
+            if count == 0:
+                continue
+            m = 0
+            for c in range(n_chan):
+                v = xr[c]
+                if v != 0:
+                    w_at[m] = chan_w[c]
+                    y_at[m] = chan_y[c]
+                    vals[m] = v
+                    m += 1
+            gn = gy[n].reshape(-1)
+            for j in range(m):
+                v = vals[j]
+                for a in range(a0, a1):
+                    wl = w_at[j] + table[lead_pairs + 2 * a] * tap_stride
+                    yl = y_at[j] + table[lead_pairs + 2 * a + 1] * cout
+                    for b in range(b0, b1):
+                        wb = wl + table[last_pairs + 2 * b] * tap_stride
+                        yb = yl + table[last_pairs + 2 * b + 1] * cout
+                        if cout_g >= 8:
+                            arow = acc[wb:wb + cout_g]
+                            grow = gn[yb:yb + cout_g]
+                            for co in range(cout_g):
+                                arow[co] += v * grow[co]
+                        else:
+                            for co in range(cout_g):
+                                acc[wb + co] += v * gn[yb + co]
+    dwf = dw.reshape(-1)
+    for i in numba.prange(size):
+        s = parts[0, i]
+        for k in range(1, n_parts):
+            s += parts[k, i]
+        dwf[i] = s
+
+
+def _bridge_probe(x, y):
+    """The smallest kernel: proves that a custom call reaches numba here."""
+    for i in range(x.shape[0]):
+        y[i] = x[i] + 1
+
+
+# --------------------------------------------------------------------------- #
+# Numba and the custom-call bindings (built on first use)
+# --------------------------------------------------------------------------- #
+
+numba: Any = None   # the numba module, once _numba() ran (the kernels read it as a global)
+
+
+@functools.lru_cache(maxsize=None)
+def _numba():
+    """Import numba and jit the kernels (parallel where numba's threading layer is thread-safe:
+    XLA may run two custom calls at once, which the 'workqueue' layer aborts on)."""
+    global numba
+    import numba as nb
+    numba = nb
+    parallel = _threadsafe_layer(nb)
+    options = dict(cache=True, nogil=True, fastmath={'contract'}, boundscheck=False)
+    return dict(
+        forward=nb.njit(parallel=parallel, **options)(_forward_kernel),
+        weight_grad=nb.njit(parallel=parallel, **options)(_weight_grad_kernel),
+        probe=nb.njit(cache=True)(_bridge_probe),
+        parallel=parallel,
+    )
+
+
+def _threadsafe_layer(nb) -> bool:
+    try:
+        from numba.np.ufunc import parallel as npp
+        npp._launch_threads()
+        return nb.threading_layer() in ('omp', 'tbb')
+    except Exception:  # noqa: BLE001 - no thread-safe layer: run the kernels serially
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def _primitives():
+    """The two ``brainevent.XLACustomKernel`` primitives and the probe's."""
+    from brainevent import XLACustomKernel, numba_kernel
+
+    kernels = _numba()
+
+    def generator(name):
+        def make(outs, **_):
+            kernel = kernels[name]
+            _precompile(kernel, name, outs[0].dtype)
+            return numba_kernel(kernel, outs=outs)
+        return make
+
+    prims = {}
+    for name in ('forward', 'weight_grad', 'probe'):
+        prim = XLACustomKernel(f'brainconv_event_{name}')
+        prim.def_numba_kernel(generator(name))
+        prims[name] = prim
+    return prims
+
+
+def _precompile(kernel, name: str, dtype) -> None:
+    """Compile (or load from numba's cache) the signature the custom call will use, at trace
+    time, so a compilation error surfaces here and not inside XLA's callback."""
+    nb = numba
+    if name == 'probe':
+        return
+    f = nb.from_dtype(np.dtype(dtype))
+    arr3, tab = nb.types.Array(f, 3, 'C'), nb.types.Array(nb.int32, 1, 'C')
+    kernel.compile((arr3, arr3, tab, arr3))
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether the event kernels run here: numba is importable, its kernels compile, and a custom
+    call reaches them from jitted JAX on this machine's CPU.  Cached; never raises (a failure is
+    reported once as a warning, and False returned)."""
+    if importlib.util.find_spec('numba') is None:
+        return False
+    try:
+        probe = _primitives()['probe']
+        x = np.arange(4, dtype=np.float32)
+        with jax.default_device(jax.devices('cpu')[0]):
+            y = jax.jit(lambda v: probe(v, outs=jax.ShapeDtypeStruct((4,), jnp.float32)))(x)
+            ok = bool(np.array_equal(np.asarray(y), x + 1))
+        return ok
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+        warnings.warn(f"brainconv's event kernels are unavailable: {type(exc).__name__}: {exc}", RuntimeWarning,
+                      stacklevel=2)
+        return False
+
+
+# --------------------------------------------------------------------------- #
+# The two maps, as jittable functions
+# --------------------------------------------------------------------------- #
+
+def _check(x, other, g: ConvGeometry, groups: int, what: str) -> None:
+    if x.dtype not in (jnp.float32, jnp.float64) or other.dtype != x.dtype:
+        raise TypeError(f"event {what}: float32 or float64 operands of one dtype expected, got {x.dtype} and "
+                        f"{other.dtype}")
+    if g.transposed:
+        raise ValueError(f"event {what}: a non-transposed core geometry expected, got {g}")
+    if x.ndim != g.num_spatial_dims + 2 or tuple(x.shape[1:-1]) != tuple(g.in_spatial):
+        raise ValueError(f"event {what}: input {x.shape} does not fit {g}")
+    if groups < 1 or x.shape[-1] % groups:
+        raise ValueError(f"event {what}: groups={groups} must divide the {x.shape[-1]} input channels")
+
+
+def forward(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision: Any = None,
+            binary: bool = False) -> jax.Array:
+    """The core convolution of ``x`` ``(N, *in_spatial, C_in)`` with ``w`` ``(*kernel_size,
+    C_in // groups, C_out)``, by the event kernel: ``(N, *out_spatial, C_out)``.
+
+    Exact for any values; its cost grows with the number of non-zeros of ``x``.
+    ``precision`` is accepted for the formulation signature (the kernel computes
+    in the operands' dtype).  ``binary`` (x is 0/1) is accepted too and changes
+    nothing: a fused multiply-add costs what an add costs."""
+    del precision, binary
+    _check(x, w, g, groups, 'forward')
+    n_batch, cin, cout = x.shape[0], x.shape[-1], w.shape[-1]
+    if w.shape != tuple(g.kernel_size) + (cin // groups, cout) or cout % groups:
+        raise ValueError(f"event forward: kernel {w.shape} does not fit input {x.shape}, {g}, groups={groups}")
+    out_shape = (n_batch,) + tuple(g.out_spatial) + (cout,)
+    if 0 in out_shape or cin == 0:
+        return jnp.zeros(out_shape, x.dtype)
+    xf = x.reshape(n_batch, math.prod(g.in_spatial), cin)
+    wc = jnp.transpose(w.reshape(-1, cin // groups, cout), (1, 0, 2))        # (C_in // groups, K, C_out)
+    y = _primitives()['forward'](
+        xf, wc, jnp.asarray(_plan(g)),
+        outs=jax.ShapeDtypeStruct((n_batch, math.prod(g.out_spatial), cout), x.dtype))
+    return y.reshape(out_shape)
+
+
+def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, precision: Any = None,
+                binary: bool = False) -> jax.Array:
+    """The kernel gradient ``dW[t, ci, co] = sum_{n, o} x[n, p(o, t), group(co) * cin_g + ci]
+    gy[n, o, co]`` of the core convolution, summed over the non-zeros of ``x`` only:
+    ``(*kernel_size, C_in // groups, C_out)``.  ``precision`` and ``binary`` as in
+    :func:`forward`."""
+    del precision, binary
+    _check(x, gy, g, groups, 'weight gradient')
+    n_batch, cin, cout = x.shape[0], x.shape[-1], gy.shape[-1]
+    if gy.shape != (n_batch,) + tuple(g.out_spatial) + (cout,) or cout % groups:
+        raise ValueError(f"event weight gradient: output gradient {gy.shape} does not fit input {x.shape}, {g}, "
+                         f"groups={groups}")
+    taps = math.prod(g.kernel_size)
+    dw_shape = tuple(g.kernel_size) + (cin // groups, cout)
+    if 0 in dw_shape or n_batch == 0 or 0 in g.out_spatial:
+        return jnp.zeros(dw_shape, x.dtype)
+    table = _plan(g).copy()
+    table[_PARTS] = numba.get_num_threads() if _numba()['parallel'] else 1
+    dw = _primitives()['weight_grad'](
+        x.reshape(n_batch, math.prod(g.in_spatial), cin), gy.reshape(n_batch, math.prod(g.out_spatial), cout),
+        jnp.asarray(table), outs=jax.ShapeDtypeStruct((taps, cin // groups, cout), x.dtype))
+    return dw.reshape(dw_shape)
+
+
+# --------------------------------------------------------------------------- #
+# Cost model (filled in from benchmarks/bench_event.py)
+# --------------------------------------------------------------------------- #
+
+def event_cost(*args, **kwargs):  # pragma: no cover - placeholder until measured
+    raise NotImplementedError
+
+
+def dense_cost(*args, **kwargs):  # pragma: no cover - placeholder until measured
+    raise NotImplementedError
+
+
+def crossover(*args, **kwargs):  # pragma: no cover - placeholder until measured
+    raise NotImplementedError
