@@ -203,7 +203,7 @@ def _weight_grad_kernel(x, gy, table, dw):
         grp = c // cin_g
         chan_w[c] = (c - grp * cin_g) * cout + grp * cout_g
         chan_y[c] = grp * cout_g
-    p_lead, n_last = table[0], table[1]
+    n_last = table[1]
     lead_offsets, lead_pairs, last_offsets, last_pairs = table[2], table[3], table[4], table[5]
     total = n_batch * n_in
     n_parts = max(1, min(table[6], total))
@@ -275,7 +275,7 @@ def _bridge_probe(x, y):
 numba: Any = None   # the numba module, once _numba() ran (the kernels read it as a global)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numba():
     """Import numba and jit the kernels (parallel where numba's threading layer is thread-safe:
     XLA may run two custom calls at once, which the 'workqueue' layer aborts on)."""
@@ -301,7 +301,7 @@ def _threadsafe_layer(nb) -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _primitives():
     """The two ``brainevent.XLACustomKernel`` primitives and the probe's."""
     from brainevent import XLACustomKernel, numba_kernel
@@ -334,7 +334,7 @@ def _precompile(kernel, name: str, dtype) -> None:
     kernel.compile((arr3, arr3, tab, arr3))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> bool:
     """Whether the event kernels run here: numba is importable, its kernels compile, and a custom
     call reaches them from jitted JAX on this machine's CPU.  Cached; never raises (a failure is
