@@ -39,10 +39,18 @@ geometry.  Inputs are passed flattened to ``(N, positions, channels)``.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import hashlib
 import importlib.util
 import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any, Tuple
 
 import jax
@@ -51,7 +59,7 @@ import numpy as np
 
 from .shapes import ConvGeometry
 
-__all__ = ['available', 'forward', 'weight_grad', 'plan', 'event_cost', 'dense_cost', 'crossover']
+__all__ = ['available', 'backend', 'forward', 'weight_grad', 'plan', 'event_cost', 'dense_cost', 'crossover']
 
 #: Entries of the plan's header (int32): lead positions, last-axis length, the start of the lead
 #: offsets, lead pairs, last offsets and last pairs in the plan, and (set per call) the number of
@@ -262,15 +270,88 @@ def _weight_grad_kernel(x, gy, table, dw):
         dwf[i] = s
 
 
-def _bridge_probe(x, y):
-    """The smallest kernel: proves that a custom call reaches numba here."""
-    for i in range(x.shape[0]):
-        y[i] = x[i] + 1
+# --------------------------------------------------------------------------- #
+# Backends: C++ through the XLA FFI, or Numba through brainevent (built on first use)
+# --------------------------------------------------------------------------- #
+
+#: Which backend runs the kernels: ``'auto'`` (C++ where the machine's compiler builds
+#: ``_event.cc``, else Numba), ``'cpp'`` or ``'numba'``.  Read when a kernel call is traced; the
+#: environment variable ``BRAINCONV_EVENT_BACKEND`` sets the initial value.
+BACKEND = os.environ.get('BRAINCONV_EVENT_BACKEND', 'auto')
+
+#: C++ compiler flags.  ``-march=native``: the library is cached per CPU (see :func:`_cpp_library`).
+CXXFLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
+
+_CPP_SYMBOLS = {('forward', 'float32'): 'BrainconvEventForwardF32', ('forward', 'float64'): 'BrainconvEventForwardF64',
+                ('weight_grad', 'float32'): 'BrainconvEventWeightGradF32',
+                ('weight_grad', 'float64'): 'BrainconvEventWeightGradF64'}
 
 
-# --------------------------------------------------------------------------- #
-# Numba and the custom-call bindings (built on first use)
-# --------------------------------------------------------------------------- #
+def cache_dir() -> Path:
+    """Where the compiled C++ library is kept: ``$BRAINCONV_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/brainconv`` (``~/.cache/brainconv``)."""
+    root = os.environ.get('BRAINCONV_CACHE_DIR')
+    if root:
+        return Path(root)
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'brainconv'
+
+
+def _cpu_identity() -> str:
+    """The CPU the library is compiled for (``-march=native``): model and feature flags."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith(('model name', 'flags', 'Features'))]
+        return '\n'.join(sorted(set(lines)))
+    except OSError:
+        return f'{platform.machine()} {platform.processor()}'
+
+
+def _compiler() -> str:
+    cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('clang++') or shutil.which('c++')
+    if not cxx:
+        raise RuntimeError("no C++ compiler found (g++ or clang++; set CXX to choose one)")
+    return cxx
+
+
+def _cpp_library_path() -> Path:
+    """The compiled library for this source, compiler, jaxlib and CPU; compiled if absent (into a
+    temporary file, then renamed, so concurrent processes never load a partial library)."""
+    source = Path(__file__).with_name('_event.cc')
+    cxx = _compiler()
+    include = jax.ffi.include_dir()
+    version = subprocess.run([cxx, '--version'], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256()
+    for part in (source.read_bytes(), version.encode(), ' '.join(CXXFLAGS).encode(), jax.lib.__version__.encode(),
+                 Path(include, 'xla', 'ffi', 'api', 'ffi.h').read_bytes(), _cpu_identity().encode()):
+        key.update(part)
+        key.update(b'\0')
+    path = cache_dir() / 'event' / f'brainconv_event_{key.hexdigest()[:20]}.so'
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        for flags in (CXXFLAGS, tuple(f for f in CXXFLAGS if not f.startswith('-march'))):
+            done = subprocess.run([cxx, *flags, f'-I{include}', str(source), '-o', str(out)], capture_output=True,
+                                  text=True)
+            if done.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"compiling {source.name} with {cxx} failed:\n{done.stderr[-2000:]}")
+        os.replace(out, path)
+    return path
+
+
+@functools.cache
+def _cpp_library() -> ctypes.CDLL:
+    """Build (first use on this machine) or load the C++ library and register its four handlers
+    as XLA FFI targets ``brainconv_event_{forward,weight_grad}_{float32,float64}``."""
+    lib = ctypes.cdll.LoadLibrary(str(_cpp_library_path()))
+    for (kind, dtype), symbol in _CPP_SYMBOLS.items():
+        jax.ffi.register_ffi_target(f'brainconv_event_{kind}_{dtype}', jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform='cpu')
+    return lib
+
 
 numba: Any = None   # the numba module, once _numba() ran (the kernels read it as a global)
 
@@ -287,7 +368,6 @@ def _numba():
     return dict(
         forward=nb.njit(parallel=parallel, **options)(_forward_kernel),
         weight_grad=nb.njit(parallel=parallel, **options)(_weight_grad_kernel),
-        probe=nb.njit(cache=True)(_bridge_probe),
         parallel=parallel,
     )
 
@@ -302,8 +382,8 @@ def _threadsafe_layer(nb) -> bool:
 
 
 @functools.cache
-def _primitives():
-    """The two ``brainevent.XLACustomKernel`` primitives and the probe's."""
+def _numba_primitives():
+    """The two ``brainevent.XLACustomKernel`` primitives of the Numba kernels."""
     from brainevent import XLACustomKernel, numba_kernel
 
     kernels = _numba()
@@ -311,52 +391,97 @@ def _primitives():
     def generator(name):
         def make(outs, **_):
             kernel = kernels[name]
-            _precompile(kernel, name, outs[0].dtype)
+            _precompile(kernel, outs[0].dtype)
             return numba_kernel(kernel, outs=outs)
         return make
 
     prims = {}
-    for name in ('forward', 'weight_grad', 'probe'):
-        prim = XLACustomKernel(f'brainconv_event_{name}')
+    for name in ('forward', 'weight_grad'):
+        prim = XLACustomKernel(f'brainconv_event_numba_{name}')
         prim.def_numba_kernel(generator(name))
         prims[name] = prim
     return prims
 
 
-def _precompile(kernel, name: str, dtype) -> None:
+def _precompile(kernel, dtype) -> None:
     """Compile (or load from numba's cache) the signature the custom call will use, at trace
     time, so a compilation error surfaces here and not inside XLA's callback."""
     nb = numba
-    if name == 'probe':
-        return
-    f = nb.from_dtype(np.dtype(dtype))
-    arr3, tab = nb.types.Array(f, 3, 'C'), nb.types.Array(nb.int32, 1, 'C')
-    kernel.compile((arr3, arr3, tab, arr3))
+    arr3 = nb.types.Array(nb.from_dtype(np.dtype(dtype)), 3, 'C')
+    kernel.compile((arr3, arr3, nb.types.Array(nb.int32, 1, 'C'), arr3))
+
+
+def _call(kind: str, backend: str, a, b, table: np.ndarray, out: jax.ShapeDtypeStruct):
+    """One kernel call (``kind``: 'forward' or 'weight_grad') as an XLA custom call."""
+    if backend == 'cpp':
+        _cpp_library()
+        return jax.ffi.ffi_call(f'brainconv_event_{kind}_{np.dtype(out.dtype).name}', out)(a, b, jnp.asarray(table))
+    if kind == 'weight_grad':
+        table = table.copy()
+        table[_PARTS] = numba.get_num_threads() if _numba()['parallel'] else 1
+    return _numba_primitives()[kind](a, b, jnp.asarray(table), outs=out)
+
+
+def _probe(backend: str) -> None:
+    """Run a tiny forward convolution through ``backend`` and check it (raises if it is wrong)."""
+    g = ConvGeometry((3,), (3,), (2,), (1,), ((1, 0),), (1,), (1,))
+    x = np.asarray([[[0.0], [2.0], [0.0]]], np.float32)
+    w = np.asarray([[[1.0]], [[10.0]]], np.float32)
+    table = _plan(g)
+    with jax.default_device(jax.devices('cpu')[0]):
+        y = jax.jit(lambda u, v: _call('forward', backend, u, jnp.transpose(v.reshape(2, 1, 1), (1, 0, 2)), table,
+                                       jax.ShapeDtypeStruct((1, 3, 1), jnp.float32)))(x, w)
+    if not np.array_equal(np.asarray(y).ravel(), [0.0, 20.0, 2.0]):
+        raise RuntimeError(f"the {backend} event kernel computed {np.asarray(y).ravel()}, not [0, 20, 2]")
 
 
 @functools.cache
+def _resolve(choice: str) -> str | None:
+    """The backend ``choice`` ('auto', 'cpp' or 'numba') gives here, after a probe call; None
+    (with a warning naming the reason) if none works."""
+    if choice not in ('auto', 'cpp', 'numba'):
+        raise ValueError(f"BACKEND must be one of ('auto', 'cpp', 'numba'), got {choice!r}")
+    reasons = []
+    for name in (('cpp', 'numba') if choice == 'auto' else (choice,)):
+        if name == 'numba' and importlib.util.find_spec('numba') is None:
+            reasons.append('numba is not installed')
+            continue
+        try:
+            _probe(name)
+            return name
+        except Exception as exc:  # noqa: BLE001 - any failure means "this backend is not available"
+            reasons.append(f'{name}: {type(exc).__name__}: {exc}')
+    warnings.warn(f"brainconv's event kernels are unavailable ({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def backend() -> str | None:
+    """The backend that runs the event kernels here (:data:`BACKEND` resolved): ``'cpp'``,
+    ``'numba'``, or None where neither works.  The first call builds and probes it (the C++
+    library compiles once per machine, in seconds); cached."""
+    return _resolve(BACKEND)
+
+
 def available() -> bool:
-    """Whether the event kernels run here: numba is importable, its kernels compile, and a custom
-    call reaches them from jitted JAX on this machine's CPU.  Cached; never raises (a failure is
-    reported once as a warning, and False returned)."""
-    if importlib.util.find_spec('numba') is None:
-        return False
+    """Whether the event kernels run here (a backend builds and a probe call through XLA gives
+    the right answer).  Cached; never raises: a failure is reported once as a warning."""
     try:
-        probe = _primitives()['probe']
-        x = np.arange(4, dtype=np.float32)
-        with jax.default_device(jax.devices('cpu')[0]):
-            y = jax.jit(lambda v: probe(v, outs=jax.ShapeDtypeStruct((4,), jnp.float32)))(x)
-            ok = bool(np.array_equal(np.asarray(y), x + 1))
-        return ok
-    except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-        warnings.warn(f"brainconv's event kernels are unavailable: {type(exc).__name__}: {exc}", RuntimeWarning,
-                      stacklevel=2)
+        return backend() is not None
+    except Exception:  # noqa: BLE001 - e.g. a bad BACKEND value
         return False
 
 
 # --------------------------------------------------------------------------- #
 # The two maps, as jittable functions
 # --------------------------------------------------------------------------- #
+
+def _backend_or_raise() -> str:
+    name = backend()
+    if name is None:
+        raise RuntimeError("brainconv's event kernels are not available here (see the warning above; "
+                           "pip install brainconv[event], or install a C++ compiler)")
+    return name
+
 
 def _check(x, other, g: ConvGeometry, groups: int, what: str) -> None:
     if x.dtype not in (jnp.float32, jnp.float64) or other.dtype != x.dtype:
@@ -389,9 +514,8 @@ def forward(x: jax.Array, w: jax.Array, g: ConvGeometry, groups: int, precision:
         return jnp.zeros(out_shape, x.dtype)
     xf = x.reshape(n_batch, math.prod(g.in_spatial), cin)
     wc = jnp.transpose(w.reshape(-1, cin // groups, cout), (1, 0, 2))        # (C_in // groups, K, C_out)
-    y = _primitives()['forward'](
-        xf, wc, jnp.asarray(_plan(g)),
-        outs=jax.ShapeDtypeStruct((n_batch, math.prod(g.out_spatial), cout), x.dtype))
+    y = _call('forward', _backend_or_raise(), xf, wc, _plan(g),
+              jax.ShapeDtypeStruct((n_batch, math.prod(g.out_spatial), cout), x.dtype))
     return y.reshape(out_shape)
 
 
@@ -411,11 +535,9 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
     dw_shape = tuple(g.kernel_size) + (cin // groups, cout)
     if 0 in dw_shape or n_batch == 0 or 0 in g.out_spatial:
         return jnp.zeros(dw_shape, x.dtype)
-    table = _plan(g).copy()
-    table[_PARTS] = numba.get_num_threads() if _numba()['parallel'] else 1
-    dw = _primitives()['weight_grad'](
-        x.reshape(n_batch, math.prod(g.in_spatial), cin), gy.reshape(n_batch, math.prod(g.out_spatial), cout),
-        jnp.asarray(table), outs=jax.ShapeDtypeStruct((taps, cin // groups, cout), x.dtype))
+    dw = _call('weight_grad', _backend_or_raise(), x.reshape(n_batch, math.prod(g.in_spatial), cin),
+               gy.reshape(n_batch, math.prod(g.out_spatial), cout), _plan(g),
+               jax.ShapeDtypeStruct((taps, cin // groups, cout), x.dtype))
     return dw.reshape(dw_shape)
 
 

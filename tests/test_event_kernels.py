@@ -6,8 +6,10 @@ negative pads (crops) and pads larger than the kernel; groups, and depthwise
 kernels with a channel multiplier; input densities from all zeros through
 ~0.1%, 1%, 10%, 50% to all ones, with Gaussian values (not only 0/1) and
 ``binary=True``; float32 and float64.  The oracle sums over kernel taps in
-float64 (``ref.conv``, ``ref.conv_weight_grad``).  Skipped where numba is
-absent.  One numba compilation per kernel and dtype (cached on disk by numba).
+float64 (``ref.conv``, ``ref.conv_weight_grad``).  Every computing test runs
+on both backends, C++ (XLA FFI) and Numba, each skipped where it does not
+build here.  Compilation: the C++ library once per machine, one Numba
+compilation per kernel and dtype (both cached on disk).
 """
 
 from __future__ import annotations
@@ -22,12 +24,20 @@ import numpy as np
 import pytest
 from jax import lax
 
-pytest.importorskip('numba')
+from brainconv import _event
+from brainconv.shapes import ConvGeometry, adjoint_geometry, conv_out_length
 
-from brainconv import _event  # noqa: E402
-from brainconv.shapes import ConvGeometry, adjoint_geometry, conv_out_length  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not _event.available(), reason="numba's custom-call bridge does not run here")
+@pytest.fixture(params=['cpp', 'numba'])
+def backend(request, monkeypatch):
+    """Run the test with the event kernels of one backend (skipped where it does not build)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        if _event._resolve(request.param) is None:
+            pytest.skip(f'the {request.param} backend does not build here')
+    monkeypatch.setattr(_event, 'BACKEND', request.param)
+    return request.param
 
 
 def geometry(in_spatial, kernel, stride=None, pads=None, lhs=None, rhs=None) -> ConvGeometry:
@@ -85,18 +95,18 @@ def check(case, density, dtype=np.float32, binary=False, seed=0, batch=3):
 
 
 @pytest.mark.parametrize('case', sorted(CASES))
-def test_geometries_at_two_densities(case):
+def test_geometries_at_two_densities(case, backend):
     check(case, 0.1)
     check(case, 0.5, seed=1)
 
 
 @pytest.mark.parametrize('density', [0.0, 0.001, 0.01, 0.1, 0.5, 1.0])
-def test_densities(density):
+def test_densities(density, backend):
     check('2d-same', density, batch=8)
     check('2d-depthwise-x2', density, batch=8)
 
 
-def test_binary_spikes():
+def test_binary_spikes(backend):
     g, groups, x, w, gy = inputs('2d-strided-lhs-rhs', 0.2, np.float32)
     spikes = (x != 0).astype(np.float32)
     for binary in (False, True):
@@ -106,12 +116,12 @@ def test_binary_spikes():
 
 
 @pytest.mark.parametrize('case', ['1d-lhs-crop-groups', '2d-same', '3d-mixed'])
-def test_float64(case):
+def test_float64(case, backend):
     with jax.enable_x64(True):
         check(case, 0.3, np.float64)
 
 
-def test_inside_scan_and_under_grad():
+def test_inside_scan_and_under_grad(backend):
     """In a lax.scan over time steps, in a jitted function differentiated with respect to an
     argument that does not reach the kernels (their inputs carry no tangent)."""
     g, groups, x, w, _ = inputs('2d-same', 0.05, np.float32)
@@ -129,7 +139,7 @@ def test_inside_scan_and_under_grad():
     np.testing.assert_allclose(grad, 2 * 1.5 * np.sum(expected ** 2), rtol=1e-4)
 
 
-def test_empty_batch_and_wrong_operands():
+def test_empty_batch_and_wrong_operands(backend):
     g, groups, x, w, gy = inputs('2d-same', 0.1, np.float32)
     assert _event.forward(jnp.zeros((0,) + x.shape[1:]), w, g, groups).shape == (0,) + g.out_spatial + (16,)
     np.testing.assert_array_equal(_event.weight_grad(jnp.zeros((0,) + x.shape[1:]), gy[:0], g, groups), 0)
@@ -150,11 +160,32 @@ def test_plan_is_small_and_cached():
     assert table.size <= 7 + lead + last < 2 * 64 ** 3 * 27 // 100       # under 1% of a flat table
 
 
-def test_unavailable_without_numba(monkeypatch):
+def test_backend_resolution(monkeypatch):
+    """'auto' prefers C++; a backend that cannot build resolves to None with a warning, and
+    available() then says False instead of raising."""
     import importlib.util
+    if _event._resolve('cpp') is not None:
+        assert _event._resolve('auto') == 'cpp'
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'numba' else real(name, *a))
-    assert _event.available.__wrapped__() is False
+    with pytest.warns(RuntimeWarning, match='numba is not installed'):
+        assert _event._resolve.__wrapped__('numba') is None
+    monkeypatch.setenv('CXX', '/nonexistent/c++')
+    monkeypatch.setattr(_event, '_cpp_library', _event._cpp_library.__wrapped__)
+    with pytest.warns(RuntimeWarning, match='cpp: FileNotFoundError'):
+        assert _event._resolve.__wrapped__('cpp') is None
+    monkeypatch.setattr(_event, 'BACKEND', 'fortran')
+    assert _event.available() is False
+
+
+def test_cpp_library_is_cached():
+    """Compiled once into the cache directory; found there afterwards."""
+    if _event._resolve('cpp') is None:
+        pytest.skip('no C++ compiler here')
+    path = _event._cpp_library_path()
+    assert path.parent.parent == _event.cache_dir() and path.exists()
+    stamp = path.stat().st_mtime_ns
+    assert _event._cpp_library_path() == path and path.stat().st_mtime_ns == stamp
 
 
 def test_import_brainconv_does_not_import_numba():
