@@ -39,6 +39,7 @@ geometry.  Inputs are passed flattened to ``(N, positions, channels)``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -59,7 +60,8 @@ import numpy as np
 
 from .shapes import ConvGeometry
 
-__all__ = ['available', 'backend', 'forward', 'weight_grad', 'plan', 'event_cost', 'dense_cost', 'crossover']
+__all__ = ['available', 'backend', 'forward', 'weight_grad', 'plan', 'cost_features', 'event_cost',
+           'dense_cost', 'crossover']
 
 #: Entries of the plan's header (int32): lead positions, last-axis length, the start of the lead
 #: offsets, lead pairs, last offsets and last pairs in the plan, and (set per call) the number of
@@ -423,7 +425,16 @@ def _call(kind: str, backend: str, a, b, table: np.ndarray, out: jax.ShapeDtypeS
 
 
 def _probe(backend: str) -> None:
-    """Run a tiny forward convolution through ``backend`` and check it (raises if it is wrong)."""
+    """Run a tiny forward convolution through ``backend`` and check it (raises if it is wrong).
+
+    It runs in a thread of its own: the first call usually comes while a convolution is being
+    traced, and JAX's trace state is per thread, so the probe runs eagerly rather than being
+    staged into the caller's trace."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(_probe_here, backend).result()
+
+
+def _probe_here(backend: str) -> None:
     g = ConvGeometry((3,), (3,), (2,), (1,), ((1, 0),), (1,), (1,))
     x = np.asarray([[[0.0], [2.0], [0.0]]], np.float32)
     w = np.asarray([[[1.0]], [[10.0]]], np.float32)
@@ -542,16 +553,72 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
 
 
 # --------------------------------------------------------------------------- #
-# Cost model (filled in from benchmarks/bench_event.py)
+# Cost model: when is the event kernel faster than a dense convolution?
 # --------------------------------------------------------------------------- #
 
-def event_cost(*args, **kwargs):  # pragma: no cover - placeholder until measured
-    raise NotImplementedError
+#: The terms of :func:`cost_features`, in order.
+COST_TERMS = ('call', 'scan', 'out', 'pair', 'mac')
+
+#: Seconds per unit of each term of :func:`cost_features`, per backend and map, fitted by
+#: ``benchmarks/bench_event.py`` (least squares over configs A, B, C at 0.5-50% density).
+EVENT_COST = {
+    ('cpp', 'forward'): (0.0, 0.0, 0.0, 0.0, 0.0),
+    ('cpp', 'weight_grad'): (0.0, 0.0, 0.0, 0.0, 0.0),
+    ('numba', 'forward'): (0.0, 0.0, 0.0, 0.0, 0.0),
+    ('numba', 'weight_grad'): (0.0, 0.0, 0.0, 0.0, 0.0),
+}
+
+#: Seconds per multiply-accumulate of a dense convolution, per map and kind of convolution.
+DENSE_COST = {
+    ('forward', 'dense'): 0.0, ('forward', 'depthwise'): 0.0,
+    ('weight_grad', 'dense'): 0.0, ('weight_grad', 'depthwise'): 0.0,
+}
 
 
-def dense_cost(*args, **kwargs):  # pragma: no cover - placeholder until measured
-    raise NotImplementedError
+def _mean_pairs(g: ConvGeometry) -> float:
+    """(tap, output) pairs per input position, averaged over the input (exact, from the plan)."""
+    table = _plan(g)
+    lead = table[table[2] + table[0]] - table[table[2]]
+    last = table[table[4] + table[1]] - table[table[4]]
+    return float(lead) * float(last) / math.prod(g.in_spatial)
 
 
-def crossover(*args, **kwargs):  # pragma: no cover - placeholder until measured
-    raise NotImplementedError
+def cost_features(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, nnz, kind: str = 'forward'):
+    """The terms the event kernels' time is linear in (:data:`COST_TERMS`): one per call; the input
+    scanned for non-zeros (``N * P_in * C_in``); the output written (``N * P_out * C_out``; for the
+    kernel gradient, the kernel's size); the (non-zero, tap) pairs visited (``nnz * pairs``); and
+    the multiply-adds they do (``nnz * pairs * C_out / groups``).  ``nnz`` may be traced."""
+    pairs = _mean_pairs(g)
+    out = (n_batch * math.prod(g.out_spatial) * cout if kind == 'forward'
+           else math.prod(g.kernel_size) * (cin // groups) * cout)
+    return (1.0, float(n_batch * math.prod(g.in_spatial) * cin), float(out), nnz * pairs,
+            nnz * pairs * (cout // groups))
+
+
+def event_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, nnz, kind: str = 'forward',
+               backend_name: str | None = None):
+    """Predicted seconds of :func:`forward` (``kind='forward'``) or :func:`weight_grad` with ``nnz``
+    non-zero inputs, on ``backend_name`` (default: :func:`backend`)."""
+    coef = EVENT_COST[(backend_name or backend() or 'cpp', kind)]
+    return sum(c * f for c, f in zip(coef, cost_features(g, groups, n_batch, cin, cout, nnz, kind)))
+
+
+def dense_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward') -> float:
+    """Predicted seconds of brainconv's dense formulation of the same map (what ``'auto'`` picks on
+    CPU: XLA's convolution, or shift-multiply-add for depthwise kernels)."""
+    macs = n_batch * math.prod(g.out_spatial) * math.prod(g.kernel_size) * (cin // groups) * cout
+    shape = 'depthwise' if groups > 1 and cin == groups else 'dense'
+    return DENSE_COST[(kind, shape)] * macs
+
+
+def crossover(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward',
+              backend_name: str | None = None) -> int:
+    """The number of non-zero inputs up to which the event kernel is predicted to be faster than
+    the dense formulation (0: never): the threshold of the run-time density switch."""
+    base = event_cost(g, groups, n_batch, cin, cout, 0, kind, backend_name)
+    per_event = event_cost(g, groups, n_batch, cin, cout, 1, kind, backend_name) - base
+    spare = dense_cost(g, groups, n_batch, cin, cout, kind) - base
+    if spare <= 0:
+        return 0
+    total = n_batch * math.prod(g.in_spatial) * cin
+    return int(min(total, spare / per_event)) if per_event > 0 else total

@@ -178,6 +178,12 @@ def test_backend_resolution(monkeypatch):
     assert _event.available() is False
 
 
+def test_first_use_inside_a_trace(backend):
+    """The backend's probe (an eager call through XLA) works while a function is being traced,
+    where the first event convolution of a program is usually met."""
+    jax.jit(lambda v: _event._probe(backend) or v)(1.0)
+
+
 def test_cpp_library_is_cached():
     """Compiled once into the cache directory; found there afterwards."""
     if _event._resolve('cpp') is None:
