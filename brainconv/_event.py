@@ -12,20 +12,32 @@ dilation (input ``p`` sits at ``p * ld`` of the dilated input, so no
 multiply ever touches an inserted zero), negative pads (crops), groups and
 depthwise kernels with a channel multiplier.
 
-Public functions (the signature of every formulation in ``lowering.py``):
+Public functions (``forward`` and ``weight_grad`` have the signature of every
+formulation in ``lowering.py``):
 
-* :func:`available` -- numba is importable and the custom-call bridge runs here;
+* :func:`available` / :func:`backend` -- whether (and on which backend) the kernels run here;
 * :func:`forward` ``(x, w, g, groups, precision=None, binary=False) -> y``;
 * :func:`weight_grad` ``(x, gy, g, groups, precision=None, binary=False) -> dw``;
 * :func:`event_cost`, :func:`dense_cost`, :func:`crossover`: the measured cost
   model the run-time density switch reads.
 
-How it runs.  The kernels are Numba functions, jitted on first use
-(``cache=True``: later processes load them from disk) and called from XLA as
-custom calls through brainevent's kernel interface (``XLACustomKernel`` +
-``def_numba_kernel``; the call goes through a ctypes callback that holds the
-GIL for a few microseconds).  numba is optional (``pip install
-brainconv[event]``): nothing here imports it until a kernel is first needed.
+Two backends run the same loops (:data:`BACKEND`, default ``'auto'``: the
+first that builds here):
+
+* ``'cpp'``: ``_event.cc``, compiled on first use with the machine's C++
+  compiler (``g++``/``clang++ -O3 -march=native``, a few seconds) into
+  :func:`cache_dir` and loaded from there afterwards, its handlers registered
+  as XLA FFI targets.  A call costs under a microsecond, takes no GIL, and
+  borrows its threads from XLA's own intra-op pool.
+* ``'numba'`` (``pip install brainconv[event]``; the fallback where no
+  compiler builds the C++): the Python kernels below, jitted with
+  ``cache=True`` and called through brainevent's kernel interface
+  (``XLACustomKernel`` + ``def_numba_kernel``): every call passes a ctypes
+  callback that takes the GIL (tens of microseconds), and its threads are
+  numba's own.
+
+Nothing here imports numba or compiles anything until a kernel is first
+needed; ``import brainconv`` stays light.
 
 The geometry reaches a kernel as one small int32 operand, the *plan*,
 computed once per geometry with NumPy: for the first ``nd - 1`` spatial axes
@@ -69,8 +81,8 @@ __all__ = ['available', 'backend', 'forward', 'weight_grad', 'plan', 'cost_featu
 _HEADER = 7
 _PARTS = 6
 
-#: Below this many output channels per group the innermost loop is written out element by element
-#: (a strided slice costs more than it saves); from here on it is a contiguous, vectorised run.
+#: Numba kernels: below this many output channels per group the innermost loop is written out
+#: element by element (a slice costs more than it saves); from here on it is a vectorised run.
 _VECTOR_MIN = 8
 
 
@@ -175,8 +187,8 @@ def _pair_up_py(table, a0, a1, b0, b1, tap_stride, cout, taps, outs):
 def _scatter_py(dst, src, dst_ch, src_ch, dst_pair, src_pair, vals, m, n_pairs, n):
     """``dst[dst_ch[j] + dst_pair[q] + i] += vals[j] * src[src_ch[j] + src_pair[q] + i]`` for every
     non-zero ``j < m``, pair ``q < n_pairs`` and ``i < n``: a contiguous (vectorised) run of ``n``
-    from 8 on, element by element below (depthwise kernels)."""
-    if n >= 8:
+    from :data:`_VECTOR_MIN` on, element by element below (depthwise kernels)."""
+    if n >= _VECTOR_MIN:
         for j in range(m):
             v = vals[j]
             for q in range(n_pairs):
