@@ -331,22 +331,79 @@ def table(keys, densities, backends, rounds, budget, target_s):
 
 
 def fit(samples, backends) -> None:
-    """Least-squares fit of the event cost model to the measured times, per backend and map;
-    prints the constants and the model's crossovers beside the measured ones."""
-    print("\n## Cost model fit (seconds = c0 + c_scan * N*P_in*C_in + c_out * N*P_out*C_out "
-          "+ c_pair * nnz*pairs + c_mac * nnz*pairs*C_out/groups)")
+    """Least-squares fit of the event cost model to the measured times, per backend and map, and
+    of the dense cost per multiply-accumulate (brainconv's formulation, 'bc'); prints the
+    constants, and the model's crossovers beside the measured ones (the density where the event
+    time meets bc's, interpolated in log density)."""
+    print("\n## Cost model fit: event seconds = sum of coefficient * term, terms " + ', '.join(_event.COST_TERMS)
+          + " (brainconv._event.cost_features); dense seconds = c * MACs")
+    kinds = {'fwd': 'forward', 'fb': 'weight_grad'}
+    dense = {}
+    for mode, kind in kinds.items():
+        for shape in ('dense', 'depthwise'):
+            per_mac = [s[6]['bc'] / _macs(s[0]) for s in samples if s[4] == mode and _shape(s[0]) == shape]
+            if per_mac:
+                dense[(kind, shape)] = statistics.median(per_mac)
+    print(f"DENSE_COST = {{{', '.join(f'{k!r}: {v:.3g}' for k, v in dense.items())}}}")
+    coefs = {}
     for b in backends:
-        for mode in ('fwd', 'fb'):
+        for mode, kind in kinds.items():
             rows = [s for s in samples if s[3] == b and s[4] == mode]
             feats = np.array([_event.cost_features(geometry(k), CONFIGS[k][5], BATCH, CONFIGS[k][2], CONFIGS[k][3],
-                                                   nnz, 'forward' if mode == 'fwd' else 'weight_grad')
-                              for k, _, nnz, *_ in rows])
+                                                   nnz, kind) for k, _, nnz, *_ in rows])
             t = np.array([s[5] for s in rows])
-            # relative least squares (every point weighs the same), non-negative by clipping and refitting
-            coef = _nnls(feats / t[:, None], np.ones_like(t))
+            coef = _nnls(feats / t[:, None], np.ones_like(t))   # relative errors: every point weighs the same
+            coefs[(b, kind)] = coef
             pred = feats @ coef
-            print(f"{b} {mode}: coefficients {dict(zip(_event.COST_TERMS, (f'{c:.3g}' for c in coef)))}; "
-                  f"max |pred/measured - 1| {np.max(np.abs(pred / t - 1)):.2f}")
+            print(f"EVENT_COST[{(b, kind)!r}] = ({', '.join(f'{c:.3g}' for c in coef)})   "
+                  f"# max |predicted / measured - 1| = {np.max(np.abs(pred / t - 1)):.2f}")
+    print("\n| backend | map | config | measured crossover (density, vs bc) | model crossover (density) |")
+    print("|---|---|---|---|---|")
+    for b in backends:
+        for mode, kind in kinds.items():
+            for key in sorted({s[0] for s in samples}):
+                rows = sorted((s for s in samples if s[3] == b and s[4] == mode and s[0] == key), key=lambda s: s[1])
+                measured = _crossing([s[1] for s in rows], [s[6]['bc'] / s[5] for s in rows])
+                _, spatial, cin, cout, _, groups = CONFIGS[key]
+                g = geometry(key)
+                saved = dict(_event.EVENT_COST), dict(_event.DENSE_COST)
+                _event.EVENT_COST.update({k: tuple(v) for k, v in coefs.items()})
+                _event.DENSE_COST.update(dense)
+                try:
+                    nnz = _event.crossover(g, groups, BATCH, cin, cout, kind, b)
+                finally:
+                    _event.EVENT_COST.clear(), _event.EVENT_COST.update(saved[0])
+                    _event.DENSE_COST.clear(), _event.DENSE_COST.update(saved[1])
+                total = BATCH * math.prod(spatial) * cin
+                print(f"| {b} | {kind} | {key} | {_pct(measured)} | {_pct(nnz / total)} |")
+
+
+def _macs(key):
+    _, spatial, cin, cout, k, groups = CONFIGS[key]
+    return BATCH * math.prod(spatial) * k ** len(spatial) * (cin // groups) * cout
+
+
+def _shape(key):
+    _, _, cin, _, _, groups = CONFIGS[key]
+    return 'depthwise' if groups > 1 and groups == cin else 'dense'
+
+
+def _crossing(densities, speedups):
+    """The density where the speedup falls through 1 (log-linear interpolation); 0 if the event
+    kernel is never faster, inf if it is faster at every density measured."""
+    if not speedups or speedups[0] < 1:
+        return 0.0
+    for (d0, r0), (d1, r1) in zip(zip(densities, speedups), zip(densities[1:], speedups[1:])):
+        if r0 >= 1 > r1:
+            f = math.log(r0) / (math.log(r0) - math.log(r1))
+            return math.exp(math.log(d0) + f * (math.log(d1) - math.log(d0)))
+    return math.inf
+
+
+def _pct(v):
+    if v <= 0:
+        return 'never'
+    return f"> {DENSITIES[-1] * 100:g}%" if math.isinf(v) else f"{v * 100:.1f}%"
 
 
 def _nnls(a, y):
