@@ -27,8 +27,8 @@ kernel is faster).  Every implementation's output is checked against lax
 first.  Each config reports the first-call time (trace + compile + first run,
 in this process, kernels' own caches warm) beside the run times.  After the
 table, the cost model of ``brainconv._event`` is fitted to the event times
-(least squares over every config and density) and its crossovers are printed
-beside the measured ones.
+(each implementation's fastest round; least squares over every config and
+density) and its crossovers are printed beside the measured ones.
 
 Other sections (each alone with its flag):
 
@@ -309,8 +309,9 @@ def table(keys, densities, backends, rounds, budget, target_s):
             rows.append((density, nnz, impls, res, errors))
             for b in backends:
                 for mode in ('fwd', 'fb'):
-                    dense = {n: bc._med(res.kept(res.times[(n, mode)])) for n in impls if n not in backends}
-                    samples.append((key, density, nnz, b, mode, bc._med(res.kept(res.times[(b, mode)])), dense))
+                    best = {n: min(res.times[(n, mode)]) for n in impls}
+                    dense = {n: best[n] for n in impls if n not in backends}
+                    samples.append((key, density, nnz, b, mode, best[b], dense))
         dense_names = [n for n in rows[0][2] if n not in backends]
         bc_form = rows[0][2]['bc'].lowering
         for mode, label in (('fwd', 'forward'), ('fb', 'kernel gradient')):
@@ -334,7 +335,8 @@ def fit(samples, backends) -> None:
     """Least-squares fit of the event cost model to the measured times, per backend and map, and
     of the dense cost per multiply-accumulate (brainconv's formulation, 'bc'); prints the
     constants, and the model's crossovers beside the measured ones (the density where the event
-    time meets bc's, interpolated in log density)."""
+    time meets bc's, interpolated in log density).  Times are each implementation's fastest
+    round: on a shared machine the least disturbed estimate of what the code costs."""
     print("\n## Cost model fit: event seconds = sum of coefficient * term, terms " + ', '.join(_event.COST_TERMS)
           + " (brainconv._event.cost_features); dense seconds = c * MACs")
     kinds = {'fwd': 'forward', 'fb': 'weight_grad'}
@@ -357,7 +359,7 @@ def fit(samples, backends) -> None:
             pred = feats @ coef
             print(f"EVENT_COST[{(b, kind)!r}] = ({', '.join(f'{c:.3g}' for c in coef)})   "
                   f"# max |predicted / measured - 1| = {np.max(np.abs(pred / t - 1)):.2f}")
-    print("\n| backend | map | config | measured crossover (density, vs bc) | model crossover (density) |")
+    print("\n| backend | map | config | measured crossover (density, fastest rounds, vs bc) | model crossover |")
     print("|---|---|---|---|---|")
     for b in backends:
         for mode, kind in kinds.items():

@@ -61,7 +61,9 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Tuple
@@ -341,6 +343,8 @@ def _cpu_identity() -> str:
 
 
 def _compiler() -> str:
+    if sys.platform == 'win32':
+        raise RuntimeError("the C++ backend is built with g++/clang++ flags; not on Windows")
     cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('clang++') or shutil.which('c++')
     if not cxx:
         raise RuntimeError("no C++ compiler found (g++ or clang++; set CXX to choose one)")
@@ -481,10 +485,19 @@ def _probe_here(backend: str) -> None:
         raise RuntimeError(f"the {backend} event kernel computed {np.asarray(y).ravel()}, not [0, 20, 2]")
 
 
+_RESOLVE_LOCK = threading.Lock()
+
+
 @functools.cache
 def _resolve(choice: str) -> str | None:
     """The backend ``choice`` ('auto', 'cpp' or 'numba') gives here, after a probe call; None
-    (with a warning naming the reason) if none works."""
+    (with a warning naming the reason) if none works.  One thread at a time (a backend builds
+    and registers its kernels once)."""
+    with _RESOLVE_LOCK:
+        return _resolve_now(choice)
+
+
+def _resolve_now(choice: str) -> str | None:
     if choice not in ('auto', 'cpp', 'numba'):
         raise ValueError(f"BACKEND must be one of ('auto', 'cpp', 'numba'), got {choice!r}")
     reasons = []

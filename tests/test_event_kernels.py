@@ -14,6 +14,7 @@ compilation per kernel and dtype (both cached on disk).
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -169,11 +170,11 @@ def test_backend_resolution(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'numba' else real(name, *a))
     with pytest.warns(RuntimeWarning, match='numba is not installed'):
-        assert _event._resolve.__wrapped__('numba') is None
+        assert _event._resolve_now('numba') is None
     monkeypatch.setenv('CXX', '/nonexistent/c++')
     monkeypatch.setattr(_event, '_cpp_library', _event._cpp_library.__wrapped__)
     with pytest.warns(RuntimeWarning, match='cpp: FileNotFoundError'):
-        assert _event._resolve.__wrapped__('cpp') is None
+        assert _event._resolve_now('cpp') is None
     monkeypatch.setattr(_event, 'BACKEND', 'fortran')
     assert _event.available() is False
 
@@ -198,3 +199,23 @@ def test_import_brainconv_does_not_import_numba():
     code = "import sys, brainconv, brainconv._event; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'False'
+
+
+@pytest.mark.parametrize('kind', ['forward', 'weight_grad'])
+@pytest.mark.parametrize('case', ['2d-same', '2d-depthwise-x2', '1d-stride-dilation'])
+def test_crossover_is_where_the_costs_meet(case, kind):
+    """The switch's threshold: event cost at the crossover is at most the dense cost, one more
+    non-zero past it is not; both backends' constants are positive where they matter."""
+    g, cin, cout, groups = CASES[case]
+    n = 16
+    total = n * math.prod(g.in_spatial) * cin
+    for name in ('cpp', 'numba'):
+        nnz = _event.crossover(g, groups, n, cin, cout, kind, name)
+        assert 0 <= nnz <= total
+        dense = _event.dense_cost(g, groups, n, cin, cout, kind)
+        assert dense > 0
+        if 0 < nnz < total:
+            assert _event.event_cost(g, groups, n, cin, cout, nnz, kind, name) <= dense * (1 + 1e-9)
+            assert _event.event_cost(g, groups, n, cin, cout, nnz + 1, kind, name) > dense
+    cost = jax.jit(lambda k: _event.event_cost(g, groups, n, cin, cout, k, kind, 'cpp'))(jnp.int32(10))
+    assert float(cost) == pytest.approx(_event.event_cost(g, groups, n, cin, cout, 10, kind, 'cpp'), rel=1e-6)
