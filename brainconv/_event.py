@@ -608,18 +608,22 @@ def weight_grad(x: jax.Array, gy: jax.Array, g: ConvGeometry, groups: int, preci
 COST_TERMS = ('call', 'scan', 'out', 'pair', 'mac')
 
 #: Seconds per unit of each term of :func:`cost_features`, per backend and map, fitted by
-#: ``benchmarks/bench_event.py`` (least squares over configs A, B, C at 0.5-50% density).
+#: ``benchmarks/bench_event.py`` (least squares on each implementation's fastest round, configs A,
+#: B, C at 0.5-50% density; 2-core AMD EPYC shared with other jobs, jax 0.10.2; worst point
+#: within 21% (cpp forward) to 47% (cpp kernel gradient) of the model).  The per-call term is the
+#: scan-step cost of its ``--overhead`` section (cpp 3-5 µs, numba 30-80 µs).
 EVENT_COST = {
-    ('cpp', 'forward'): (0.0, 0.0, 0.0, 0.0, 0.0),
-    ('cpp', 'weight_grad'): (0.0, 0.0, 0.0, 0.0, 0.0),
-    ('numba', 'forward'): (0.0, 0.0, 0.0, 0.0, 0.0),
-    ('numba', 'weight_grad'): (0.0, 0.0, 0.0, 0.0, 0.0),
+    ('cpp', 'forward'): (4e-6, 2.25e-10, 2.25e-10, 1.73e-09, 2.41e-11),
+    ('cpp', 'weight_grad'): (4e-6, 4.85e-10, 0.0, 4.39e-10, 4.58e-11),
+    ('numba', 'forward'): (5e-5, 3.28e-10, 3.28e-10, 1.28e-09, 5.9e-11),
+    ('numba', 'weight_grad'): (5e-5, 1.01e-09, 0.0, 1.01e-09, 1.01e-10),
 }
 
-#: Seconds per multiply-accumulate of a dense convolution, per map and kind of convolution.
+#: Seconds per multiply-accumulate of brainconv's dense formulation on CPU (``'lax_vjp'`` for
+#: dense kernels, ``'taps'`` for depthwise ones), per map; same run (medians over configs).
 DENSE_COST = {
-    ('forward', 'dense'): 0.0, ('forward', 'depthwise'): 0.0,
-    ('weight_grad', 'dense'): 0.0, ('weight_grad', 'depthwise'): 0.0,
+    ('forward', 'dense'): 1.69e-11, ('forward', 'depthwise'): 1.08e-10,
+    ('weight_grad', 'dense'): 2.25e-11, ('weight_grad', 'depthwise'): 2.54e-10,
 }
 
 
@@ -637,6 +641,8 @@ def cost_features(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: in
     kernel gradient, the kernel's size); the (non-zero, tap) pairs visited (``nnz * pairs``); and
     the multiply-adds they do (``nnz * pairs * C_out / groups``).  ``nnz`` may be traced."""
     pairs = _mean_pairs(g)
+    if not isinstance(nnz, (int, float)):
+        nnz = jnp.asarray(nnz).astype(jnp.float32)   # e.g. count_nonzero's int32, traced
     out = (n_batch * math.prod(g.out_spatial) * cout if kind == 'forward'
            else math.prod(g.kernel_size) * (cin // groups) * cout)
     return (1.0, float(n_batch * math.prod(g.in_spatial) * cin), float(out), nnz * pairs,
