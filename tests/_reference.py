@@ -31,15 +31,25 @@ def lhs_dilate(x, ld):
     return out
 
 
+def pad_or_crop(x, pads):
+    """Zero-pad the spatial axes of (B, *spatial, C) by the positive part of each (low, high) pair
+    and crop by the negative part."""
+    x = np.pad(x, [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads] + [(0, 0)])
+    crop = tuple(slice(max(-lo, 0), x.shape[1 + a] - max(-hi, 0)) for a, (lo, hi) in enumerate(pads))
+    return x[(slice(None),) + crop + (slice(None),)]
+
+
 def conv(x, w, stride, pads, lhs_dilation, rhs_dilation, groups, mode='ZEROS'):
-    """y[b, o, co] = sum over taps t and in-channels of xp[b, o*s + t*d, ci] * w[t, ci, co]."""
+    """y[b, o, co] = sum over taps t and in-channels of xp[b, o*s + t*d, ci] * w[t, ci, co].
+
+    With mode ZEROS the pads may be negative (the lhs-dilated input is cropped)."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     nd = x.ndim - 2
     if mode == 'ZEROS':
-        x = lhs_dilate(x, lhs_dilation)
-    widths = [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)]
-    xp = np.pad(x, widths, mode=NP_MODE[mode])
+        xp = pad_or_crop(lhs_dilate(x, lhs_dilation), pads)
+    else:
+        xp = np.pad(x, [(0, 0)] + [tuple(p) for p in pads] + [(0, 0)], mode=NP_MODE[mode])
     ksize = w.shape[:nd]
     cin, cout = x.shape[-1], w.shape[-1]
     cin_g, cout_g = cin // groups, cout // groups
@@ -54,6 +64,27 @@ def conv(x, w, stride, pads, lhs_dilation, rhs_dilation, groups, mode='ZEROS'):
             y[..., g * cout_g:(g + 1) * cout_g] += (
                 patch[..., g * cin_g:(g + 1) * cin_g] @ w[tap][:, g * cout_g:(g + 1) * cout_g])
     return y
+
+
+def conv_weight_grad(x, gy, kernel_size, stride, pads, lhs_dilation, rhs_dilation, groups):
+    """The kernel gradient of :func:`conv` (ZEROS) for output gradient ``gy``: per tap t and
+    group, dw[t][:, group] = sum over b, o of xp[b, o*s + t*d, group]^T gy[b, o, group]."""
+    x = np.asarray(x, np.float64)
+    gy = np.asarray(gy, np.float64)
+    xp = pad_or_crop(lhs_dilate(x, lhs_dilation), pads)
+    cin, cout = x.shape[-1], gy.shape[-1]
+    cin_g, cout_g = cin // groups, cout // groups
+    out_sp = gy.shape[1:-1]
+    dw = np.zeros(tuple(kernel_size) + (cin_g, cout))
+    for tap in itertools.product(*[range(k) for k in kernel_size]):
+        index = tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s)
+            for t, d, s, o in zip(tap, rhs_dilation, stride, out_sp))
+        patch = xp[(slice(None),) + index]  # (B, *out, Cin)
+        for g in range(groups):
+            a = patch[..., g * cin_g:(g + 1) * cin_g].reshape(-1, cin_g)
+            dw[tap][:, g * cout_g:(g + 1) * cout_g] = a.T @ gy[..., g * cout_g:(g + 1) * cout_g].reshape(-1, cout_g)
+    return dw
 
 
 def conv_transpose(y, w, stride, pads, out_spatial, rhs_dilation, groups, mode='ZEROS'):
