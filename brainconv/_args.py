@@ -227,7 +227,7 @@ def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
 
 
 #: Names of the exact formulations a convolution can be lowered to (see :mod:`brainconv.lowering`).
-LOWERINGS = ('lax', 'lax_vjp', 'im2col', 'taps', 'fold', 'fft')
+LOWERINGS = ('lax', 'lax_vjp', 'im2col', 'taps', 'fold', 'fft', 'event')
 
 
 def lowering(value: Any, allow_auto: bool = True) -> str | None:
@@ -271,10 +271,20 @@ def input_array(x: Any, in_size: Sequence[int], layer: str) -> int:
     if nb < 0 or shape[nb:] != in_size:
         raise ValueError(f"{layer} expects input of shape (*batch, *in_size) = (*batch, "
                          f"{', '.join(map(str, in_size))}), got shape {shape}")
-    if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_):
-        raise TypeError(f"{layer} expects a floating-point input, got dtype {np.dtype(dtype).name}; "
-                        f"cast it first, e.g. x.astype(jnp.float32)")
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
+            or dtype.name.startswith(('bfloat', 'float'))):
+        raise TypeError(f"{layer} expects a real input (floating point, or boolean / integer spikes), got dtype "
+                        f"{dtype.name}")
     return nb
+
+
+def is_spikes(x: Any) -> bool:
+    """Whether an input is spikes by its type: a boolean or integer array, or a brainevent
+    ``BinaryArray`` (detected without importing brainevent)."""
+    if type(x).__name__ == 'BinaryArray' and type(x).__module__.split('.')[0] == 'brainevent':
+        return True
+    dtype = getattr(x, 'dtype', None)
+    return dtype is not None and (np.issubdtype(np.dtype(dtype), np.integer) or np.dtype(dtype) == np.bool_)
 
 
 def kernel_shape(shape: Sequence[int], expected: Sequence[int]) -> None:

@@ -21,6 +21,8 @@ def split(x: Any) -> Tuple[Any, u.Unit | None]:
     """
     if isinstance(x, (list, tuple)):
         return jnp.asarray(x), None
+    if type(x).__name__ == 'BinaryArray' and type(x).__module__.split('.')[0] == 'brainevent':
+        return x.value, None  # brainevent's spikes: their array (the layers read them as spikes, _args.is_spikes)
     if isinstance(x, u.Quantity):
         unit = x.unit
         if unit.is_unitless:

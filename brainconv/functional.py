@@ -51,6 +51,9 @@ def _with_batch(fn: Callable[[Any], Any], x: Any, in_rank: int) -> Any:
 
 
 def _common_dtype(x, w):
+    """Both operands in one floating dtype; boolean or integer spikes take the kernel's."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        x = jnp.asarray(x, jnp.result_type(w))
     dtype = jnp.result_type(x, w)
     return jnp.asarray(x, dtype), jnp.asarray(w, dtype)
 
@@ -220,15 +223,17 @@ def conv(
     ``kernel`` may be brainunit Quantities, as for the layers: the result is in
     unit(x) * unit(kernel).
     """
+    spikes = _args.is_spikes(x)
     (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
     nd = jnp.ndim(kernel) - 2
     spec = _args.conv_spec(nd, _in_size(x, nd), kernel.shape[nd + 1], kernel.shape[:nd], stride, padding,
                            lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
-    y = _with_batch(
-        lambda b: conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first, precision,
-                                lowering),
-        x, nd + 1)
+    with _lowering.spike_input(spikes):
+        y = _with_batch(
+                lambda b: conv_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode, channel_first,
+                                    precision, lowering),
+            x, nd + 1)
     return _units.attach(y, _units.product(x_unit, k_unit))
 
 
@@ -242,13 +247,15 @@ def conv_transpose(
 
     The arguments mean what they mean for :class:`brainconv.ConvTranspose`; units as for :func:`conv`.
     """
+    spikes = _args.is_spikes(x)
     (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
     nd = jnp.ndim(kernel) - 2
     spec = _args.conv_transpose_spec(nd, _in_size(x, nd), kernel.shape[nd], kernel.shape[:nd], stride, padding,
                                      rhs_dilation, groups, output_padding, padding_mode, channel_first)
     _args.kernel_shape(kernel.shape, spec.kernel_shape)
-    y = _with_batch(
-        lambda b: conv_transpose_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode,
-                                          channel_first, precision, lowering),
-        x, nd + 1)
+    with _lowering.spike_input(spikes):
+        y = _with_batch(
+            lambda b: conv_transpose_resolved(b, kernel, spec.geometry, spec.groups, spec.padding_mode,
+                                              channel_first, precision, lowering),
+            x, nd + 1)
     return _units.attach(y, _units.product(x_unit, k_unit))

@@ -179,7 +179,9 @@ class _ConvBase(brainstate.nn.Module):
         raw = {k: _units.split(v)[0] for k, v in params.items()}
         out_unit = _units.product(x_unit, self._kernel_unit(params))
         scale = _units.bias_scale(params['bias'], out_unit, name) if 'bias' in params else None
-        return _units.attach(_braintrace.apply(self, xm, raw, scale, num_batch, block), out_unit)
+        with _lowering.spike_input(_args.is_spikes(x)):
+            y = _braintrace.apply(self, xm, raw, scale, num_batch, block)
+        return _units.attach(y, out_unit)
 
     #: Whether braintrace keeps eligibility traces for this layer's weights (when a model using
     #: the layer is compiled by braintrace): True, as for braintrace's own layers.  Set it to

@@ -33,6 +33,19 @@ pad first.  The formulations:
     The taps of the first spatial axis folded into the channels, leaving an
     (N-1)-d convolution (a matmul for 1-d) on ``'lax_vjp'``'s path; the
     gradients above.
+``'event'``
+    Event-driven (:mod:`brainconv._event`): a native CPU kernel that loops
+    over the non-zero inputs only and adds each one's kernel slice into the
+    outputs it reaches, so its cost follows the number of spikes; its kernel
+    gradient sums over the same non-zeros.  Density is known only at run
+    time: the non-zeros are counted and the dense formulation ``'auto'``
+    would pick runs instead where a measured cost model predicts it faster
+    (:func:`_event_map`), so the event path is never the slower one.  Its
+    input gradient (the output gradient is dense) and its tangents of dense
+    operands run densely.  ``'auto'`` picks it on CPU for spike inputs
+    (boolean, integer or brainevent ``BinaryArray``) where the kernels are
+    available; float spikes opt in with ``lowering='event'``.  Off CPU, or
+    without the kernels, it runs densely.
 ``'fft'``
     Real FFTs of the padded input and the kernel, a per-frequency channel
     contraction, an inverse FFT (:mod:`brainconv._fft`; stride by
@@ -76,7 +89,7 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _args, _braintrace, _fft
+from . import _args, _braintrace, _event, _fft
 from .shapes import ConvGeometry, Phase, adjoint_geometry, axis_phases, conv_out_length, kernel_span
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core']
@@ -100,6 +113,39 @@ CHUNK_BYTES = 2 ** 21
 # --------------------------------------------------------------------------- #
 # Choosing a formulation
 # --------------------------------------------------------------------------- #
+
+#: True while a layer or op with a spike input (boolean, integer, ``BinaryArray``) is traced:
+#: ``'auto'`` then picks ``'event'`` (:func:`resolve`).
+_SPIKES = contextvars.ContextVar('brainconv_spike_input', default=False)
+#: ``'event'`` or ``'dense'`` forces that branch of the event formulation's run-time switch
+#: (:func:`event_branch`); None: the switch decides by the non-zero count.
+_EVENT_BRANCH = contextvars.ContextVar('brainconv_event_branch', default=None)
+
+
+@contextlib.contextmanager
+def spike_input(spikes: bool) -> Iterator[None]:
+    """Inside the block, convolutions being traced read spikes (``'auto'`` may pick ``'event'``).
+    The layers set it themselves for boolean, integer and ``BinaryArray`` inputs."""
+    token = _SPIKES.set(bool(spikes) or _SPIKES.get())
+    try:
+        yield
+    finally:
+        _SPIKES.reset(token)
+
+
+@contextlib.contextmanager
+def event_branch(branch: str | None) -> Iterator[None]:
+    """Force one branch of ``'event'``'s run-time density switch while tracing: ``'event'`` (the
+    event kernel whatever the density), ``'dense'``, or None (the switch decides).  For tests
+    and benchmarks: the result is the same either way, only the time differs."""
+    if branch not in (None, 'event', 'dense'):
+        raise ValueError(f"branch must be 'event', 'dense' or None, got {branch!r}")
+    token = _EVENT_BRANCH.set(branch)
+    try:
+        yield
+    finally:
+        _EVENT_BRANCH.reset(token)
+
 
 def set_lowering(name: str | None) -> None:
     """Set the global lowering used where a layer or op leaves ``lowering=None``.
@@ -194,7 +240,10 @@ def resolve(lowering: str | None, geometry: ConvGeometry, groups: int, in_channe
     name = _args.lowering(lowering) or _GLOBAL['lowering']
     if name != 'auto':
         return name
-    return choose(geometry, groups, in_channels, out_channels, backend or jax.default_backend())
+    backend = backend or jax.default_backend()
+    if _SPIKES.get() and backend == 'cpu' and _event.available():
+        return 'event'
+    return choose(geometry, groups, in_channels, out_channels, backend)
 
 
 # --------------------------------------------------------------------------- #
@@ -726,6 +775,39 @@ FORMULATIONS = {
 }
 
 
+def _dense(formulation: str, geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int) -> str:
+    """``formulation``, or for ``'event'`` the dense formulation ``'auto'`` picks on CPU."""
+    if formulation != 'event':
+        return formulation
+    return choose(geometry, groups, in_channels, out_channels, 'cpu')
+
+
+def _event_map(kind: str) -> Callable:
+    """``'event'``'s forward (``kind='forward'``) or kernel gradient: the event kernel where the
+    input's non-zero count is at most :func:`brainconv._event.crossover` (the measured cost
+    model's break-even), else the dense formulation; a ``lax.cond`` on the count, decided at
+    run time, since density is data.  Off CPU or without the kernels: the dense formulation."""
+    def run(x, other, g, groups, precision):
+        cin, cout = x.shape[-1], other.shape[-1]
+        dense = FORMULATIONS[_dense('event', g, groups, cin, cout)]
+        dense_fn = functools.partial(dense.forward if kind == 'forward' else dense.weight_grad, precision=precision)
+        if not (_LOWERING_FOR_CPU.get() and _event.available()):
+            return dense_fn(x, other, g, groups)
+        event_fn = _event.forward if kind == 'forward' else _event.weight_grad
+        branch = _EVENT_BRANCH.get()
+        if branch is not None:
+            return (event_fn if branch == 'event' else dense_fn)(x, other, g, groups)
+        limit = _event.crossover(g, groups, x.shape[0], cin, cout, kind)
+        if limit <= 0:
+            return dense_fn(x, other, g, groups)
+        return lax.cond(jnp.count_nonzero(x) <= limit, functools.partial(event_fn, g=g, groups=groups),
+                        functools.partial(dense_fn, g=g, groups=groups), x, other)
+    return run
+
+
+FORMULATIONS['event'] = Formulation(_event_map('forward'), _event_map('weight_grad'))
+
+
 # --------------------------------------------------------------------------- #
 # Two primitives: every transform sees one bilinear convolution
 # --------------------------------------------------------------------------- #
@@ -786,8 +868,11 @@ def _weight_grad_abstract(x, gy, *, geometry, groups, formulation, precision):
 
 
 def _input_transpose(ct, kernel, *, geometry, groups, formulation, precision):
-    """The input gradient: the adjoint convolution of ``ct`` (shared by both primitives)."""
-    return conv_p.bind(ct, adjoint_kernel(kernel, groups), geometry=adjoint_geometry(geometry), groups=groups,
+    """The input gradient: the adjoint convolution of ``ct`` (shared by both primitives); dense
+    for ``'event'`` (an output gradient is dense)."""
+    adjoint = adjoint_geometry(geometry)
+    formulation = _dense(formulation, adjoint, groups, ct.shape[-1], kernel.shape[-2] * groups)
+    return conv_p.bind(ct, adjoint_kernel(kernel, groups), geometry=adjoint, groups=groups,
                        formulation=formulation, precision=precision)
 
 

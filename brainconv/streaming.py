@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 
 from . import _args, _braintrace, _units, functional
+from . import lowering as _lowering
 from .layers import Conv
 from .shapes import conv_geometry, kernel_span
 
@@ -188,7 +189,9 @@ class StreamingConv(brainstate.nn.Module):
         raw = {k: _units.split(v)[0] for k, v in params.items()}
         out_unit = _units.product(self._unit, conv._kernel_unit(params))
         scale = _units.bias_scale(params['bias'], out_unit, name) if 'bias' in params else None
-        return _units.attach(_braintrace.apply(self, taps, raw, scale, nb), out_unit)
+        with _lowering.spike_input(_args.is_spikes(x)):
+            y = _braintrace.apply(self, taps, raw, scale, nb)
+        return _units.attach(y, out_unit)
 
     def _forward(self, taps: Any, raw: dict, bias_scale: float | None) -> Any:
         """One step's output from its time taps ``(*batch, *state_size)`` and the raw parameter arrays."""
