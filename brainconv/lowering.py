@@ -44,8 +44,10 @@ pad first.  The formulations:
     input gradient (the output gradient is dense) and its tangents of dense
     operands run densely.  ``'auto'`` picks it on CPU for spike inputs
     (boolean, integer or brainevent ``BinaryArray``) where the kernels are
-    available; float spikes opt in with ``lowering='event'``.  Off CPU, or
-    without the kernels, it runs densely.
+    available; float spikes opt in with ``lowering='event'``.  Off CPU, in a
+    program over several devices (the kernel is a single-device custom call,
+    which the partitioner would gather every operand for), or without the
+    kernels, it runs densely.
 ``'fft'``
     Real FFTs of the padded input and the kernel, a per-frequency channel
     contraction, an inverse FFT (:mod:`brainconv._fft`; stride by
@@ -791,7 +793,7 @@ def _event_map(kind: str) -> Callable:
         cin, cout = x.shape[-1], other.shape[-1]
         dense = FORMULATIONS[_dense('event', g, groups, cin, cout)]
         dense_fn = functools.partial(dense.forward if kind == 'forward' else dense.weight_grad, precision=precision)
-        if not (_LOWERING_FOR_CPU.get() and _event.available()):
+        if not (_LOWERING_FOR_CPU.get() and not _LOWERING_SPMD.get() and _event.available()):
             return dense_fn(x, other, g, groups)
         event_fn = _event.forward if kind == 'forward' else _event.weight_grad
         branch = _EVENT_BRANCH.get()
@@ -950,15 +952,30 @@ def _weight_grad_batch(args, dims, *, geometry, groups, formulation, precision):
 _LOWERING_FOR_CPU = contextvars.ContextVar('brainconv_lowering_for_cpu', default=False)
 
 
+#: True while a primitive is lowered into a program over several devices (read by :func:`_event_map`:
+#: the event kernel is a single-device custom call, which XLA's partitioner would gather every
+#: operand for).
+_LOWERING_SPMD = contextvars.ContextVar('brainconv_lowering_spmd', default=False)
+
+
+def _num_devices(ctx) -> int:
+    axis_context = ctx.module_context.axis_context
+    if hasattr(axis_context, 'num_devices'):
+        return axis_context.num_devices
+    mesh = getattr(axis_context, 'mesh', None)
+    return mesh.size if mesh is not None else 1
+
+
 def _lowering(impl: Callable, on_cpu: bool) -> Callable:
     lower = mlir.lower_fun(_upcast(impl), multiple_results=False)
 
     def rule(ctx, *args, **params):
-        token = _LOWERING_FOR_CPU.set(on_cpu)
+        tokens = _LOWERING_FOR_CPU.set(on_cpu), _LOWERING_SPMD.set(_num_devices(ctx) > 1)
         try:
             return lower(ctx, *args, **params)
         finally:
-            _LOWERING_FOR_CPU.reset(token)
+            _LOWERING_FOR_CPU.reset(tokens[0])
+            _LOWERING_SPMD.reset(tokens[1])
     return rule
 
 

@@ -36,6 +36,10 @@ except ImportError:  # pragma: no cover
     _NO_BATCHING = 'INIT_NO_BATCHING'
 
 
+#: A one-position 1-d convolution: a 1-d step's matrix product, as the event formulation runs it.
+_POINT = conv_geometry((1,), (1,), (1,), ((0, 0),), (1,), (1,))
+
+
 def _drop(size: Tuple[int, ...], axis: int) -> Tuple[int, ...]:
     return size[:axis] + size[axis + 1:]
 
@@ -272,6 +276,10 @@ class StreamingConv(brainstate.nn.Module):
             xf = xf.reshape((n,) + other + (groups * k * cin_g,))
         wf = jnp.moveaxis(w, 0, -3)
         wf = wf.reshape(wf.shape[:-3] + (k * cin_g, spec.out_channels))
+        if not other and _lowering.resolve(conv._lowering, _POINT, groups, xf.shape[-1], spec.out_channels) == 'event':
+            # 1-d spikes: the matrix product as a one-position convolution, so the event kernel runs it
+            y = functional.conv_resolved(xf[:, None], wf[None], _POINT, groups, 'ZEROS', False, conv.precision, 'event')
+            return y[:, 0]
         if not other:  # 1-d: (n, g, k * cin_g) times (g, k * cin_g, cout // g), one matmul when g == 1
             acc = jnp.float32 if jnp.dtype(xf.dtype).itemsize < 4 else None
             if groups == 1:

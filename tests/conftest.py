@@ -24,3 +24,13 @@ settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 def rng():
     import numpy as np
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _event_kernels_run():
+    """Wherever a test runs the 'event' formulation, its event kernel runs, whatever the input's
+    density (the result is the same either way; tests of the density switch itself say
+    ``event_branch(None)``)."""
+    from brainconv.lowering import event_branch
+    with event_branch('event'):
+        yield

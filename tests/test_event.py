@@ -1,0 +1,232 @@
+"""The 'event' formulation in the layers: spike inputs against the NumPy oracle.
+
+Kernel-level tests (every geometry, both backends) are in ``test_event_kernels.py``; here the
+layers take spikes -- boolean, integer, brainevent ``BinaryArray`` (``'auto'`` picks the event
+path) and float 0/1 with ``lowering='event'`` -- at densities 0 (all zero), 0.1%, 1%, 10%, 50%
+and 100% (all one), and their output and kernel gradient are compared with explicit tap sums.
+conftest.py forces the event kernel to run (``event_branch('event')``); the run-time density
+switch itself is tested below with ``event_branch(None)``.  The event formulation also runs in
+the transform, precision, sharding and braintrace matrices (every test over ``LOWERINGS``).
+"""
+
+import _reference as ref
+import brainstate
+import brainunit as u
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _configs import cheap_init
+
+import brainconv
+from brainconv import _event
+from brainconv import lowering as _lowering
+
+pytestmark = pytest.mark.skipif(not _event.available(), reason='no event kernel backend here')
+
+DENSITIES = (0.0, 0.001, 0.01, 0.1, 0.5, 1.0)
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _spikes(shape, density, seed=0):
+    if density in (0.0, 1.0):
+        return np.full(shape, bool(density))
+    rng = np.random.default_rng(seed)
+    x = rng.random(shape) < density
+    x.flat[rng.integers(x.size)] = True  # at least one spike
+    return x
+
+
+def _mask(shape):
+    return (np.arange(int(np.prod(shape))).reshape(shape) % 3 != 1).astype(np.float32)
+
+
+def _conv_oracle(layer, x, w=None):
+    """The layer's convolution of ``x`` (channels last, one batch axis) from its geometry."""
+    g = layer.spec.geometry
+    w = np.asarray(layer.kernel() if w is None else w, np.float64)
+    if layer.padding_mode == 'ZEROS':
+        return ref.conv(x, w, g.stride, g.pads, g.lhs_dilation, g.rhs_dilation, layer.groups)
+    return ref.conv(x, w, g.stride, g.pads, g.lhs_dilation, g.rhs_dilation, layer.groups, layer.padding_mode)
+
+
+def _grad_oracle(layer, x, r):
+    """d sum(conv(x) * r) / d kernel."""
+    g = layer.spec.geometry
+    if layer.padding_mode != 'ZEROS':
+        x = np.pad(x, [(0, 0)] + list(g.pads) + [(0, 0)], mode=ref.NP_MODE[layer.padding_mode])
+        pads = ((0, 0),) * g.num_spatial_dims
+    else:
+        pads = g.pads
+    return ref.conv_weight_grad(x, r, g.kernel_size, g.stride, pads, g.lhs_dilation, g.rhs_dilation, layer.groups)
+
+
+def _cl(a, layer):
+    """Channels last."""
+    return np.moveaxis(a, 1, -1) if layer.channel_first else a
+
+
+# name -> (layer, oracle of (layer, x channels-last float64) -> y channels-last, d y / d raw weight)
+CASES = {
+    'conv2d-stride-reflect-grouped-masked-bias': lambda: brainconv.Conv2d(
+        (9, 9, 4), 6, 3, stride=2, groups=2, padding_mode='REFLECT', w_mask=_mask, w_init=cheap_init(1),
+        b_init=cheap_init(2)),
+    'depthwise-multiplier-circular-channel-first': lambda: brainconv.Conv2d(
+        (4, 8, 8), 8, 3, groups=4, padding_mode='CIRCULAR', channel_first=True, w_init=cheap_init(3)),
+    'conv1d-causal-lhs-rhs-dilated': lambda: brainconv.Conv1d(
+        (12, 3), 4, 3, lhs_dilation=2, rhs_dilation=2, padding='CAUSAL', w_init=cheap_init(4)),
+    'conv3d-strided-per-axis-padding': lambda: brainconv.Conv3d(
+        (4, 5, 5, 2), 3, 2, stride=(1, 2, 2), padding=('CAUSAL', 'SAME', 1), w_init=cheap_init(5)),
+    'conv4d': lambda: brainconv.Conv(4, (3, 3, 4, 4, 2), 2, 2, w_init=cheap_init(6)),
+    'transposed-grouped-output-padding-bias': lambda: brainconv.ConvTranspose2d(
+        (5, 5, 4), 4, 3, stride=2, groups=2, padding='VALID', output_padding=1, w_init=cheap_init(7),
+        b_init=cheap_init(8)),
+    'scaled-ws': lambda: brainconv.ScaledWSConv2d((6, 6, 3), 4, 3, w_init=cheap_init(9)),
+}
+
+
+def _expected(layer, x):
+    """Forward and d sum(y * r) / d kernel (effective kernel, mask applied) from the oracle."""
+    xc = _cl(np.asarray(x, np.float64), layer)
+    if isinstance(layer, brainconv.ConvTranspose):
+        g = layer.spec.geometry
+        y = ref.conv_transpose(xc, layer.kernel(), g.stride, g.pads, g.out_spatial, g.rhs_dilation, layer.groups)
+    else:
+        y = _conv_oracle(layer, xc)
+    if 'bias' in layer.weight.value:
+        y = y + np.asarray(layer.weight.value['bias'], np.float64).reshape(-1)
+    return y
+
+
+@pytest.mark.parametrize('kind', list(CASES))
+def test_spikes_against_the_oracle(kind):
+    """Boolean spikes under the default lowering take the event path; output and kernel gradient
+    equal the tap sums at every density; integer spikes and BinaryArrays give the same."""
+    import brainevent
+
+    layer = CASES[kind]()
+    batch = (2,)
+    shape = batch + tuple(layer.in_size)
+    assert 'event' in str(jax.make_jaxpr(layer)(jnp.zeros(shape, bool)))
+    r = np.random.default_rng(1).standard_normal(batch + tuple(layer.out_size)).astype(np.float32)
+
+    @jax.jit
+    def run(params, x):
+        y, pull = jax.vjp(lambda p: layer.apply(p, x), params)
+        return y, pull(jnp.asarray(r))[0]
+
+    for density in DENSITIES:
+        x = _spikes(shape, density, seed=int(density * 1000))
+        y, grads = run(layer.weight.value, jnp.asarray(x))
+        np.testing.assert_allclose(_cl(np.asarray(y), layer), _expected(layer, x), err_msg=f"{kind} {density}",
+                                   **TOL)
+        if isinstance(layer, (brainconv.ScaledWSConv, brainconv.ConvTranspose)):
+            # the kernel gradient through the standardisation / transposed layout: against 'lax'
+            xf = jnp.asarray(x, jnp.float32)
+            want = jax.vjp(lambda p, xf=xf: _lax_twin(layer).apply(p, xf), layer.weight.value)[1](jnp.asarray(r))[0]
+            for key in grads:
+                np.testing.assert_allclose(grads[key], want[key], err_msg=f"{kind} {density} {key}", **TOL)
+        else:
+            dw = _grad_oracle(layer, _cl(np.asarray(x, np.float64), layer), _cl(r, layer).astype(np.float64))
+            if layer.w_mask is not None:
+                dw = dw * np.asarray(layer.w_mask)
+            np.testing.assert_allclose(grads['weight'], dw, err_msg=f"{kind} {density}", **TOL)
+        if density == 0.01:
+            np.testing.assert_allclose(run(layer.weight.value, jnp.asarray(x, jnp.int32))[0], y, **TOL)
+            np.testing.assert_allclose(layer(brainevent.BinaryArray(jnp.asarray(x))), y, **TOL)
+
+
+def _lax_twin(layer):
+    twin = type(layer).__new__(type(layer))
+    twin.__dict__.update(layer.__dict__)
+    twin._lowering = 'lax'
+    return twin
+
+
+def test_float_spikes_opt_in_with_surrogate_gradients():
+    """Float 0/1 spikes (as brainpy's neurons emit them, a surrogate gradient attached) take the event
+    path with ``lowering='event'`` (or ``set_lowering('event')``): values and both gradients -- the input
+    gradient, through which surrogates flow, is dense -- equal 'lax''s."""
+    layer = brainconv.Conv2d((8, 8, 4), 5, 3, stride=2, lowering='event', w_init=cheap_init(1))
+    twin = _lax_twin(layer)
+    v = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 4)), jnp.float32)
+
+    @jax.custom_jvp
+    def spike(a):
+        return (a > 1.0).astype(a.dtype)
+
+    @spike.defjvp
+    def _(primals, tangents):
+        return spike(primals[0]), tangents[0] / (1 + jnp.abs(primals[0] - 1.0)) ** 2
+
+    def loss(p, a, net):
+        return jnp.sum(jnp.tanh(net.apply(p, spike(a))))
+
+    assert 'event' in str(jax.make_jaxpr(layer.apply)(layer.weight.value, v))
+    got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(layer.weight.value, v, layer)
+    want = jax.grad(loss, argnums=(0, 1))(layer.weight.value, v, twin)
+    np.testing.assert_allclose(got[0]['weight'], want[0]['weight'], **TOL)
+    np.testing.assert_allclose(got[1], want[1], **TOL)
+    assert float(jnp.max(jnp.abs(got[1]))) > 1e-3  # the surrogate gradient reached the input
+    with brainconv.use_lowering('event'):
+        assert brainconv.Conv2d((8, 8, 4), 5, 3).lowering == 'event'
+
+
+def test_separable_units_and_batch_axes():
+    """SeparableConv's depthwise step, Quantity weights and two batch axes, with boolean spikes."""
+    sep = brainconv.SeparableConv2d((6, 6, 3), 4, 3, depth_multiplier=2, depthwise_init=cheap_init(1),
+                                    pointwise_init=cheap_init(2))
+    x = _spikes((2, 3, 6, 6, 3), 0.1)
+    d, p = (np.asarray(a, np.float64) for a in sep.kernel())
+    xf = x.reshape((6, 6, 6, 3)).astype(np.float64)
+    want = ref.conv(ref.conv(xf, d, (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 3), p, (1, 1), ((0, 0), (0, 0)),
+                    (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(np.asarray(sep(jnp.asarray(x))).reshape(want.shape), want, **TOL)
+    conv = brainconv.Conv2d((6, 6, 3), 4, 3, w_init=lambda s: cheap_init(3)(s) * u.mS)
+    y = conv(jnp.asarray(x))
+    assert u.get_unit(y) == u.mS
+    want = _conv_oracle(conv, xf, np.asarray(u.get_mantissa(conv.weight.value['weight'])))
+    np.testing.assert_allclose(np.asarray(y.mantissa).reshape(want.shape), want, **TOL)
+
+
+@pytest.mark.parametrize('nd', [1, 2])
+def test_streaming_steps_on_spike_frames(nd):
+    """A StreamingConv stepped on boolean frames (the event path; in 1-d its matrix product runs as
+    a one-position convolution) reproduces the causal convolution of the whole sequence."""
+    size = (10, 16) if nd == 1 else (10, 6, 4)
+    conv = brainconv.Conv(nd, size, 5, 3, padding=('CAUSAL',) + ('SAME',) * (nd - 1), w_init=cheap_init(1),
+                          b_init=cheap_init(2))
+    xs = _spikes((10, 2) + size[1:], 0.1)
+    step = conv.streaming()
+    step.init_state(batch_size=2)
+    with _lowering.spike_input(True):  # what update() says for boolean frames
+        assert 'event' in str(jax.make_jaxpr(lambda a: step._step(a, conv.kernel()))(
+            step._pack(jnp.zeros((2, 3) + size[1:], bool))))
+    ys = brainstate.transform.for_loop(step, jnp.asarray(xs))
+    want = _conv_oracle(conv, np.moveaxis(xs, 0, 1).astype(np.float64)) + np.asarray(
+        conv.weight.value['bias'], np.float64).reshape(-1)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(ys), 0, 1), want, **TOL)
+
+
+def test_the_density_switch():
+    """Left to itself (``event_branch(None)``) the switch is a ``lax.cond`` on the non-zero count
+    against the cost model's crossover: both branches agree with 'lax' below and above it."""
+    layer = brainconv.Conv2d((16, 16, 32), 32, 3, lowering='event', w_init=cheap_init(1))
+    twin = _lax_twin(layer)
+    g = layer.spec.geometry
+    limit = _event.crossover(g, 1, 4, 32, 32, 'forward')
+    assert 0 < limit < 4 * 16 * 16 * 32
+    with _lowering.event_branch(None):
+        f = jax.jit(layer.apply)
+        text = str(jax.make_jaxpr(lambda p, a: layer.apply(p, a))(layer.weight.value, jnp.zeros((4, 16, 16, 32))))
+        for density in (0.005, 0.9):
+            x = jnp.asarray(_spikes((4, 16, 16, 32), density), jnp.float32)
+            np.testing.assert_allclose(f(layer.weight.value, x), twin.apply(layer.weight.value, x), **TOL)
+    assert 'brainconv_conv' in text
+    lowered = jax.jit(layer.apply).lower(layer.weight.value, jnp.zeros((4, 16, 16, 32))).as_text()
+    with _lowering.event_branch(None):
+        lowered = jax.jit(lambda p, a: layer.apply(p, a)).lower(layer.weight.value, jnp.zeros((4, 16, 16, 32)))
+    assert 'case' in lowered.as_text()  # the stablehlo conditional of the switch
+    with pytest.raises(ValueError, match='branch'):
+        with _lowering.event_branch('sparse'):
+            pass
