@@ -108,7 +108,9 @@ def apply(layer: Any, x: Any, raw: Dict[str, Any], bias_scale: float | None, num
     prims = _PRIMITIVES.get(layer)
     if prims is None:
         prims = _PRIMITIVES[layer] = _make_primitives(layer)
-    return prims[num_batch > 0].bind(x, *raw.values(), names=tuple(raw), bias_scale=bias_scale, block=block)
+    from .lowering import trace_context  # lowering imports this module
+    return prims[num_batch > 0].bind(x, *raw.values(), names=tuple(raw), bias_scale=bias_scale, block=block,
+                                     context=trace_context())
 
 
 def sliced(layer: Any, raw: Dict[str, Any], block: Tuple[int, int] | None) -> Dict[str, Any]:
@@ -257,9 +259,13 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
             raise RuntimeError(f"{label}: the layer this primitive belongs to no longer exists")
         return obj
 
-    def impl(x, *arrays, names, bias_scale, block):
+    def impl(x, *arrays, names, bias_scale, block, context):
+        # the formulation chosen when the operation was bound (global lowering, spike input), also
+        # when JAX traces this again to lower or differentiate it
+        from .lowering import restore_context
         lay = owner()
-        return lay._forward(x, sliced(lay, dict(zip(names, arrays)), block), bias_scale)
+        with restore_context(context):
+            return lay._forward(x, sliced(lay, dict(zip(names, arrays)), block), bias_scale)
 
     def trainables(params):
         return {name: i + 1 for i, name in enumerate(params['names'])}
@@ -267,8 +273,9 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     def layout(weights) -> Dict[str, Trace]:
         return {k: v for k, v in owner()._etrace_layout().items() if k in weights}
 
-    def xy_to_dw(x, df, weights, *, names, bias_scale, block):
-        y, pullback = jax.vjp(lambda *a: impl(x, *a, names=names, bias_scale=bias_scale, block=block),
+    def xy_to_dw(x, df, weights, *, names, bias_scale, block, context):
+        y, pullback = jax.vjp(lambda *a: impl(x, *a, names=names, bias_scale=bias_scale, block=block,
+                                                   context=context),
                               *(weights[k] for k in names))
         return dict(zip(names, pullback(df.astype(y.dtype))))
 
@@ -296,11 +303,11 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
         _check_memory(lay, shapes, num_state, jnp.dtype(dtype).itemsize)
         return {k: jnp.zeros(s + (num_state,), dtype) for k, s in shapes.items()}
 
-    def instant(x, df, weights, *, names, bias_scale, block):
+    def instant(x, df, weights, *, names, bias_scale, block, context):
         lay = owner()
         return lay._etrace_instant(x, df, sliced(lay, {k: weights[k] for k in names}, block), bias_scale)
 
-    def dt_to_t(hidden, trace, *, names, bias_scale, block):
+    def dt_to_t(hidden, trace, *, names, bias_scale, block, context):
         lay = owner()
         lead = _num_lead(hidden, lay)
         d = channels_last(hidden, lay)
@@ -317,7 +324,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
                 out[k] = trace[k] * _aligned(d, lead, nsp, shape, t)
         return out
 
-    def solve(signal, trace, weights, *, names, bias_scale, block):
+    def solve(signal, trace, weights, *, names, bias_scale, block, context):
         lay = owner()
         lead = _num_lead(signal, lay)
         d = channels_last(signal, lay)
@@ -341,7 +348,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
             out[k] = grad
         return out
 
-    def transpose(ct, x, *arrays, names, bias_scale, block):
+    def transpose(ct, x, *arrays, names, bias_scale, block, context):
         """Transpose with respect to the linear operands (the input, or the kernels): the
         layer's own vector-Jacobian product there (linear_transpose of a layer without bias)."""
         linear = [ad.is_undefined_primal(a) for a in (x,) + arrays]
@@ -350,7 +357,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
         def f(*free):
             values = iter(free)
             args = [next(values) if lin else a for a, lin in zip(point, linear)]
-            return impl(*args, names=names, bias_scale=bias_scale, block=block)
+            return impl(*args, names=names, bias_scale=bias_scale, block=block, context=context)
 
         _, pullback = jax.vjp(f, *(a for a, lin in zip(point, linear) if lin))
         cts = iter(pullback(ct))
@@ -367,9 +374,9 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
         prims.append(p)
     unbatched, batched_p = prims
 
-    def batch_rule(args, dims, *, names, bias_scale, block):
+    def batch_rule(args, dims, *, names, bias_scale, block, context):
         x, *arrays = args
-        params = dict(names=names, bias_scale=bias_scale, block=block)
+        params = dict(names=names, bias_scale=bias_scale, block=block, context=context)
         if all(d is None for d in dims[1:]):  # only the input is mapped: one more batch axis
             return batched_p.bind(jnp.moveaxis(x, dims[0], 0), *arrays, **params), 0
         # mapped weights (an ensemble, per-example kernels): no eligibility trace, just the values

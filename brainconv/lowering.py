@@ -149,6 +149,28 @@ def event_branch(branch: str | None) -> Iterator[None]:
         _EVENT_BRANCH.reset(token)
 
 
+def trace_context() -> Tuple[str, bool, str | None]:
+    """What the formulation of a convolution traced now depends on besides its own arguments: the
+    global lowering, whether its input is spikes, the forced event branch.  Hashable, so that an
+    operation traced again later (the braintrace ETP primitive's impl, when it is lowered) can
+    :func:`restore_context` it and run the formulation chosen when it was bound."""
+    return _GLOBAL['lowering'], _SPIKES.get(), _EVENT_BRANCH.get()
+
+
+@contextlib.contextmanager
+def restore_context(context: Tuple[str, bool, str | None]) -> Iterator[None]:
+    """Inside the block, :func:`trace_context` is ``context``."""
+    previous = _GLOBAL['lowering']
+    _GLOBAL['lowering'] = context[0]
+    tokens = _SPIKES.set(context[1]), _EVENT_BRANCH.set(context[2])
+    try:
+        yield
+    finally:
+        _GLOBAL['lowering'] = previous
+        _SPIKES.reset(tokens[0])
+        _EVENT_BRANCH.reset(tokens[1])
+
+
 def set_lowering(name: str | None) -> None:
     """Set the global lowering used where a layer or op leaves ``lowering=None``.
 
