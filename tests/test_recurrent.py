@@ -392,7 +392,7 @@ def test_bad_input_leaves_the_state_alone():
         (jnp.ones((5, 1)), ValueError, r'batch shape \(\) but its state has batch shape \(2,\); '
                                        r'call init_state\(batch_size=None\)'),
         (jnp.ones((3, 1, 5, 1)), ValueError, r'batch shape \(3, 1\) but its state has batch shape \(2,\)'),
-        (jnp.ones((2, 5, 1), jnp.int32), TypeError, 'floating-point input'),
+        (jnp.ones((2, 5, 1), jnp.complex64), TypeError, 'real input'),
     ]
     for x, exc, match in bad:
         with pytest.raises(exc, match=match):
