@@ -38,7 +38,7 @@ __all__ = [
     'kernel_span', 'dilated_length', 'per_axis', 'resolve_pads', 'conv_out_length',
     'transpose_out_length', 'transpose_lax_pads', 'lax_conv_transpose_pads', 'adjoint_output_padding',
     'conv_geometry', 'conv_transpose_geometry',
-    'ReceptiveField', 'receptive_field_step',
+    'ReceptiveField', 'receptive_field_step', 'axis_connections', 'connections',
     'transpose_as_conv', 'adjoint_geometry', 'Phase', 'axis_phases',
 ]
 
@@ -311,6 +311,65 @@ def receptive_field_step(rf: ReceptiveField, geometry: ConvGeometry) -> Receptiv
         start.append(st + (Fraction(span - 1, 2) - lo) * j)
         jump.append(j * s)
     return ReceptiveField(tuple(size), tuple(jump), tuple(start))
+
+
+def axis_connections(n: int, k: int, s: int, d: int, lo: int, out: int, ld: int = 1) -> int:
+    """The ``(output, tap)`` pairs of one axis whose tap reads a real input position.
+
+    Output ``o`` reads, with tap ``t``, position ``q = o * s + t * d - lo`` of the
+    lhs-dilated input, which holds input ``q / ld`` when ``0 <= q <= (n - 1) * ld``
+    and ``ld`` divides ``q`` (otherwise a pad or an inserted zero).  For each
+    tap the outputs that qualify are the ``o`` in an interval that are
+    congruent to one residue modulo ``ld / gcd(s, ld)`` (none when
+    ``gcd(s, ld)`` does not divide ``lo - t * d``): counted in closed form,
+    one term per tap.
+    """
+    last = (n - 1) * ld  # the last real position of the dilated input
+    g = gcd(s, ld)
+    period = ld // g
+    inverse = pow(s // g, -1, period) if period > 1 else 0
+    total = 0
+    for t in range(k):
+        c = lo - t * d  # o reads dilated position o * s - c
+        if c % g:
+            continue
+        first, final = max(0, -(-c // s)), min(out - 1, (c + last) // s)
+        if final < first:
+            continue
+        r = (c // g) * inverse % period  # o * s - c is a multiple of ld exactly when o = r (mod period)
+        total += (final - r) // period - (first - 1 - r) // period
+    return total
+
+
+def connections(geometry: ConvGeometry, padded: bool = False) -> int:
+    """Spatial synaptic connections of a (transposed) convolution: the
+    ``(input position, kernel tap, output position)`` triples, over all axes, in
+    which a real input position feeds an output.
+
+    Taps that read a pad or an lhs dilation's inserted zero make none, so for a
+    convolution this is at most ``prod(out_spatial) * prod(kernel_size)`` (what
+    MACs count) and equals it for a 'VALID' one without lhs dilation.  A
+    transposed convolution makes the same triples as the forward convolution it
+    is the adjoint of (each of its inputs, each tap, the output it lands on;
+    products that land in cropped pads make none).  With ``padded`` the pads
+    hold copies of input positions (padding modes REFLECT, REPLICATE, CIRCULAR)
+    and count as real.  Times ``in_channels * out_channels / groups``, this is
+    the number of synapses the layer's inputs drive per example; the count
+    factorises over the axes (:func:`axis_connections`).
+    """
+    g = geometry
+    # The forward convolution: its input (real positions) and output lengths.
+    ins, outs = (g.out_spatial, g.in_spatial) if g.transposed else (g.in_spatial, g.out_spatial)
+    total = 1
+    for n, m, k, s, d, ld, (lo, hi) in zip(ins, outs, g.kernel_size, g.stride, g.rhs_dilation,
+                                          g.lhs_dilation, g.pads):
+        if padded:
+            if ld != 1:
+                raise ValueError(f"padded connections need lhs_dilation 1 (pads are copies of input positions "
+                                 f"only for padding modes that exclude it), got {g.lhs_dilation}")
+            n, lo = n + lo + hi, 0
+        total *= axis_connections(n, k, s, d, lo, m, ld)
+    return total
 
 
 def transpose_as_conv(geometry: ConvGeometry, wrap: bool = False) -> ConvGeometry:

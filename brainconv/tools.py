@@ -17,6 +17,12 @@ Conventions:
   the network input (:class:`brainconv.shapes.ReceptiveField`): pooling is a
   window like a convolution's, element-wise layers leave it alone, and any
   other layer (Flatten, Linear, ...) ends it.
+* SynOps (synaptic operations, given ``spike_rates``) are the synaptic
+  events per example: a row's input spike rate times the synapses its input
+  elements drive (:func:`conv_connections`, :func:`dense_macs`), so padding
+  and inserted zeros, which MACs count, make none.  Intermediate values a row
+  computes itself (a separable convolution's depthwise output, a recurrent
+  cell's hidden state) are not spikes and count as all active.
 * A convolutional recurrent cell (:mod:`brainconv.recurrent`) is one row:
   its MACs are those of all its convolutions for one step and its geometry
   that of its input convolution.  It ends the receptive field (its state sees
@@ -39,7 +45,7 @@ import html
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import brainstate
 import jax
@@ -54,6 +60,7 @@ from .shapes import (
     ConvGeometry,
     Pads,
     ReceptiveField,
+    connections,
     conv_geometry,
     conv_transpose_geometry,
     kernel_span,
@@ -62,7 +69,8 @@ from .shapes import (
 )
 from .streaming import StreamingConv
 
-__all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'layer_macs', 'dense_macs']
+__all__ = ['summary', 'receptive_field', 'Summary', 'LayerSummary', 'conv_macs', 'layer_macs', 'dense_macs',
+           'conv_connections']
 
 Size = Tuple[int, ...]
 
@@ -124,6 +132,20 @@ def layer_macs(layer: Any) -> int:
     return conv_macs(layer.spec)
 
 
+def conv_connections(spec: ConvSpec) -> int:
+    """Synapses per example that the input elements of a (transposed) convolution drive.
+
+    Every ``(input position, kernel tap, output position)`` triple in which a
+    real input position feeds an output (:func:`brainconv.shapes.connections`;
+    with a padding mode other than ZEROS the pads are copies of input
+    positions and count), times ``in_channels * out_channels / groups``: the
+    synaptic events one example makes when every input element is non-zero.
+    Below :func:`conv_macs` by the products that touch padding or inserted zeros.
+    """
+    spatial = connections(spec.geometry, padded=spec.padding_mode != 'ZEROS')
+    return spatial * spec.in_channels * (spec.out_channels // spec.groups)
+
+
 def dense_macs(in_size: Sequence[int], out_size: Sequence[int]) -> int:
     """Multiply-accumulates per example of a dense layer mapping the last axis of
     ``in_size`` to the last axis of ``out_size`` (leading axes shared)."""
@@ -139,7 +161,10 @@ class LayerSummary:
     here; ``receptive_field`` is set on convolution and pooling rows whose
     receptive field with respect to the network input is defined; ``states``
     lists ``(name, size)`` of the ``HiddenState`` s the layer keeps per example,
-    and ``state`` their number of values.
+    and ``state`` their number of values.  ``spike_rate`` is the rate
+    :func:`summary` was given for the row's input (None: none given) and
+    ``synops`` its synaptic operations per example at that rate (None where
+    no rate was given or the cost is not known).
     """
 
     path: str
@@ -157,6 +182,8 @@ class LayerSummary:
     receptive_field: ReceptiveField | None = None
     state: int = 0  # values per example carried from one time step to the next (the HiddenStates)
     states: Tuple[Tuple[str, Size], ...] | None = None  # their names and shapes
+    spike_rate: float | None = None  # the fraction of the row's input elements that are non-zero
+    synops: float | None = None  # synaptic operations per example at that rate
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain Python values (receptive field as int/float tuples), for pandas and JSON."""
@@ -165,7 +192,8 @@ class LayerSummary:
             'path': self.path, 'type': self.type, 'in_size': self.in_size, 'out_size': self.out_size,
             'kernel_size': self.kernel_size, 'stride': self.stride, 'pads': self.pads,
             'rhs_dilation': self.rhs_dilation, 'lhs_dilation': self.lhs_dilation, 'groups': self.groups,
-            'params': self.params, 'macs': self.macs, 'state': self.state,
+            'params': self.params, 'macs': self.macs, 'spike_rate': self.spike_rate, 'synops': self.synops,
+            'state': self.state,
             'rf_size': None if rf is None else tuple(_plain(v) for v in rf.size),
             'rf_jump': None if rf is None else tuple(_plain(v) for v in rf.jump),
             'rf_start': None if rf is None else tuple(_plain(v) for v in rf.start),
@@ -203,6 +231,14 @@ class Summary:
         return sum(r.macs for r in self.rows if r.macs is not None)
 
     @property
+    def total_synops(self) -> float | None:
+        """Synaptic operations per example over the rows with a spike rate and a known cost;
+        None when :func:`summary` was given no rates."""
+        if all(r.spike_rate is None for r in self.rows):
+            return None
+        return sum(r.synops for r in self.rows if r.synops is not None)
+
+    @property
     def receptive_field(self) -> ReceptiveField | None:
         """The receptive field of the whole network, as :func:`receptive_field` gives it;
         None where that raises (the reason is in ``receptive_field_error``)."""
@@ -226,6 +262,8 @@ class Summary:
             ('Groups', lambda r: '' if r.groups is None else str(r.groups)),
             ('Params', lambda r: f'{r.params:,}'),
             ('MACs', lambda r: '?' if r.macs is None else f'{r.macs:,}'),
+            ('Rate', lambda r: '' if r.spike_rate is None else f'{r.spike_rate:.3g}'),
+            ('SynOps', _synops),
             ('State', lambda r: f'{r.state:,}' if r.state else ''),
             ('RF size', lambda r: _axes(r.receptive_field and r.receptive_field.size)),
             ('RF jump', lambda r: _axes(r.receptive_field and r.receptive_field.jump)),
@@ -244,10 +282,20 @@ class Summary:
         lines = [f'Input {_shape(self.in_size)} -> output {_shape(self.out_size)}',
                  f'Total params: {self.total_params:,} ({_bytes(self.param_bytes)})',
                  f'MACs per example: {macs}']
+        if self.total_synops is not None:
+            notes = ['at the Rate column\'s input spike rates']
+            unknown = [r.path for r in self.rows if r.spike_rate is not None and r.synops is None]
+            unrated = [r.path for r in self.rows if r.spike_rate is None and r.macs != 0]
+            if unknown:
+                notes.append(f"not counting {', '.join(unknown)}: cost unknown")
+            if unrated:
+                notes.append(f"not counting {', '.join(unrated)}: no rate given")
+            lines.append(f'SynOps per example: {round(self.total_synops):,} ({"; ".join(notes)})')
         state = sum(r.state for r in self.rows)
         if state:
             lines.append(f'State per example: {state:,} values (the HiddenStates carried from one time step to the '
-                         f'next; the MACs of streaming layers and recurrent cells are per step)')
+                         f'next; the {"MACs and SynOps" if self.total_synops is not None else "MACs"} of '
+                         f'streaming layers and recurrent cells are per step)')
         rf = self.receptive_field
         if rf is not None:
             lines.append(f'Receptive field: size {_axes(rf.size)}, jump {_axes(rf.jump)}, start {_start(rf)}')
@@ -258,7 +306,7 @@ class Summary:
 
     def __str__(self) -> str:
         header, cells = self._cells()
-        numeric = {'Params', 'MACs', 'State'}
+        numeric = _NUMERIC
         widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(header)]
 
         def line(values):
@@ -273,7 +321,7 @@ class Summary:
 
     def _repr_html_(self) -> str:
         header, cells = self._cells()
-        numeric = {'Params', 'MACs', 'State'}
+        numeric = _NUMERIC
 
         def cell(tag, value, h):
             align = ' style="text-align:right"' if h in numeric else ' style="text-align:left"'
@@ -296,6 +344,15 @@ def _number(v: Any) -> str:
     if isinstance(v, Fraction) and v.denominator != 1:
         return str(float(v)) if Fraction(float(v)) == v else f'{v.numerator}/{v.denominator}'
     return str(int(v))
+
+
+_NUMERIC = {'Params', 'MACs', 'Rate', 'SynOps', 'State'}  # right-aligned columns
+
+
+def _synops(r: LayerSummary) -> str:
+    if r.spike_rate is None:
+        return ''
+    return '?' if r.synops is None else f'{round(r.synops):,}'
 
 
 def _shape(size: Size | None) -> str:
@@ -492,6 +549,9 @@ class _Walk:
 
     def __init__(self, model: Any, in_size: Size | None):
         self.rows: List[LayerSummary] = []
+        # Per row: synapses per example driven by the row's input (scaled by its spike rate) and by values
+        # the row computes itself (counted in full); None where the cost is unknown.
+        self.synapses: List[Tuple[int, int] | None] = []
         self.rf: ReceptiveField | None = None
         self.rf_ended_by: str | None = None  # why the receptive field stopped being defined
         self.claimed: set = set()
@@ -520,13 +580,35 @@ class _Walk:
                     self.claimed.add(key)
                     count, nbytes = _state_size(state)
                     self.param_bytes += nbytes
-                    self.rows.append(LayerSummary(path, type(state).__name__, None, None, params=count))
+                    self._append(LayerSummary(path, type(state).__name__, None, None, params=count))
             for path, state in _hidden_states(root):  # HiddenStates held by containers
                 if id(state) not in self.claimed_hidden:
                     self.claimed_hidden.add(id(state))
                     entries = self._entries(None, path, state)
-                    self.rows.append(LayerSummary(path, type(state).__name__, None, None,
-                                                  state=sum(math.prod(z) for _, z in entries), states=entries))
+                    self._append(LayerSummary(path, type(state).__name__, None, None,
+                                              state=sum(math.prod(z) for _, z in entries), states=entries))
+
+    def _append(self, row: LayerSummary, synapses: Tuple[int, int] | None = (0, 0)) -> None:
+        self.rows.append(row)
+        self.synapses.append(None if row.macs is None else synapses)
+
+    def with_rates(self, spike_rates: Any) -> List[LayerSummary]:
+        """The rows with ``spike_rate`` and ``synops`` filled in from :func:`summary`'s ``spike_rates``."""
+        if spike_rates is None:
+            return self.rows
+        if isinstance(spike_rates, Mapping):
+            paths = [r.path for r in self.rows]
+            unknown = [k for k in spike_rates if k not in paths]
+            if unknown:
+                raise ValueError(f"spike_rates names {unknown!r}, which are not rows of this summary; its rows "
+                                 f"are {paths!r}")
+            rates = [None if r.path not in spike_rates else _rate(spike_rates[r.path], f'spike_rates[{r.path!r}]')
+                     for r in self.rows]
+        else:
+            rates = [_rate(spike_rates, 'spike_rates', arrays=False)] * len(self.rows)
+        return [row if rate is None else
+                replace(row, spike_rate=rate, synops=None if syn is None else rate * syn[0] + syn[1])
+                for row, rate, syn in zip(self.rows, rates, self.synapses)]
 
     @staticmethod
     def _batch_shape(roots: Sequence[Any], listed: bool) -> Size | None:
@@ -618,6 +700,7 @@ class _Walk:
         elif self.cur is None and self.rows:
             self._end_rf(f"{where} follows a layer whose output size is unknown")
         hidden = self._hidden(layer)
+        synapses: Tuple[int, int] | None = (0, 0)
         row = LayerSummary(path, name if shared is None else f'{name} (shared with {shared})', in_size, None,
                            params=self._params(layer), state=sum(math.prod(z) for _, z in hidden),
                            states=hidden or None)
@@ -629,6 +712,8 @@ class _Walk:
                 self._end_rf(f"{where}: its geometry could not be read")
             else:
                 g = spec.geometry
+                synapses = (conv_connections(spec),
+                            conv_connections(layer.pointwise_spec) if isinstance(layer, SeparableConv) else 0)
                 row = replace(row, out_size=tuple(layer.out_size) if own else spec.out_size,
                               macs=layer_macs(layer) if own else conv_macs(spec), kernel_size=g.kernel_size,
                               stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation,
@@ -636,6 +721,7 @@ class _Walk:
                               receptive_field=self._step_rf(g, where))
         elif isinstance(layer, StreamingConv):
             g = layer.conv.spec.geometry
+            synapses = (conv_connections(layer.window_spec), 0)
             row = replace(row, out_size=tuple(layer.out_size), macs=conv_macs(layer.window_spec),
                           kernel_size=g.kernel_size, stride=g.stride, pads=g.pads, rhs_dilation=g.rhs_dilation,
                           lhs_dilation=g.lhs_dilation, groups=layer.conv.groups)
@@ -643,6 +729,8 @@ class _Walk:
         elif isinstance(layer, _ConvRNNCell):
             g = layer.input_conv.spec.geometry
             macs = sum(conv_macs(c.spec) for c in (layer.input_conv,) + layer.recurrent_convs)
+            synapses = (conv_connections(layer.input_conv.spec),
+                        sum(conv_connections(c.spec) for c in layer.recurrent_convs))
             row = replace(row, out_size=tuple(layer.out_size), macs=macs, kernel_size=g.kernel_size, stride=g.stride,
                           pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation, groups=1)
             self._end_rf(f"{where} is recurrent: its state depends on every earlier step")
@@ -651,6 +739,7 @@ class _Walk:
         elif isinstance(layer, _DENSE):
             out = tuple(layer.out_size)
             row = replace(row, out_size=out, macs=None if in_size is None else dense_macs(in_size, out))
+            synapses = (row.macs or 0, 0)
             if len(out) == 1:  # with more axes it acts on the last one at each position
                 self._end_rf(f"{where} mixes all positions")
         elif not isinstance(layer, _nn.Module) or isinstance(layer, _POINTWISE):
@@ -663,7 +752,7 @@ class _Walk:
             row = replace(row, out_size=None if declared_out is None else tuple(declared_out),
                           macs=None if row.params else 0)
             self._end_rf(f"{where} is not a convolution, pooling or element-wise layer")
-        self.rows.append(row)
+        self._append(row, synapses)
         self.cur = row.out_size
 
     def _pool_row(self, row: LayerSummary, layer: Any, where: str) -> LayerSummary:
@@ -684,6 +773,20 @@ class _Walk:
                        receptive_field=self._step_rf(g, where))
 
 
+def _rate(value: Any, name: str, arrays: bool = True) -> float:
+    """A spike rate in [0, 1]; with ``arrays``, an array of at least one axis gives the fraction of its
+    elements that are non-zero (a measured input)."""
+    if not isinstance(value, (bool, np.bool_)):
+        a = np.asarray(value) if isinstance(value, (int, float, np.generic, np.ndarray, jax.Array)) else None
+        if a is not None and a.ndim and arrays and a.size:
+            return np.count_nonzero(a) / a.size
+        if a is not None and not a.ndim and a.dtype.kind in 'iuf' and 0 <= float(a) <= 1:
+            return float(a)
+    what = ('a number in [0, 1] or an array of the input it measures' if arrays else
+            'a number in [0, 1] (the spike rate of every layer\'s input) or a dict {row path: rate}')
+    raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def _size_arg(value: Any) -> Size:
     seq = as_sequence(value)  # NumPy arrays too
     if isinstance(seq, (int, np.integer)) and not isinstance(seq, (bool, np.bool_)):
@@ -695,7 +798,8 @@ def _size_arg(value: Any) -> Size:
     return tuple(int(v) for v in seq)
 
 
-def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
+def summary(model: Any, in_size: Sequence[int] | None = None,
+            spike_rates: float | Mapping[str, Any] | None = None) -> Summary:
     """Tabulate every layer of ``model`` without running it.
 
     Parameters
@@ -708,6 +812,16 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
         Size of one example (no batch axis).  Needed only when neither the
         model nor its first layer knows it (for instance a model that starts
         with an activation); ValueError if it disagrees with the model's.
+    spike_rates : float or dict, optional
+        Input spike rates, for a SynOps column (synaptic operations per
+        example; per time step for networks that step through time).  A
+        number in [0, 1]: the fraction of every row's input elements that are
+        non-zero.  A dict ``{row path: rate}``: the rates of the rows named
+        (their paths as the Layer column shows them; ValueError for a path
+        that is not a row); a rate may also be an array of the input that row
+        received (any batch axes, boolean spikes or floats), whose fraction of
+        non-zero elements is used.  Rows not named get no SynOps (blank).
+        Without rates the table is exactly as before.
 
     Returns
     -------
@@ -721,7 +835,16 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
         convolution layers are read like brainconv's.  The footer (and
         ``Summary.receptive_field``) gives the whole network's receptive
         field exactly when :func:`receptive_field` would, and otherwise its
-        reason for refusing.
+        reason for refusing.  With ``spike_rates``, a row's SynOps are its
+        rate times the synapses its input elements drive: for a convolution
+        every ``(input position, kernel tap, output position)`` triple in
+        which a real (non-padding) input feeds an output, times ``in_channels
+        * out_channels / groups`` (:func:`conv_connections`), for a dense layer
+        ``in x out``; pooling, normalisation, activations and neurons drive
+        none.  A separable convolution's pointwise step and a recurrent cell's
+        recurrent convolutions read values the layer computes itself, not
+        spikes, and count in full; a streaming layer counts one step's window.
+        The footer gives the total (``Summary.total_synops``).
 
     Examples
     --------
@@ -739,13 +862,22 @@ def summary(model: Any, in_size: Sequence[int] | None = None) -> Summary:
     (36, 2304)
     >>> s.rows[-1].to_dict()['rf_size'], s.rows[-1].to_dict()['rf_jump']
     ((4, 4), (2, 2))
+
+    Its input elements drive 22 x 22 synapses per output channel (per axis 8
+    outputs x 3 taps, less the 2 taps that read padding; MACs count
+    8 x 8 x 9), 1,936 in all; at 5% input spikes that is 96.8 SynOps:
+
+    >>> s = brainconv.summary(net, spike_rates=0.05)
+    >>> round(s.rows[0].synops, 1), s.total_synops == s.rows[0].synops
+    (96.8, True)
     """
     walk = _Walk(model, in_size)
     try:
         rf, why = walk.network_receptive_field(), None
     except ValueError as e:
         rf, why = None, str(e)
-    return Summary(walk.rows, walk.in_size or (walk.rows[0].in_size if walk.rows else None), walk.cur,
+    rows = walk.with_rates(spike_rates)
+    return Summary(rows, walk.in_size or (walk.rows[0].in_size if walk.rows else None), walk.cur,
                    walk.param_bytes, rf, why)
 
 

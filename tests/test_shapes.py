@@ -1,6 +1,8 @@
 """Closed-form shapes against the shapes of real outputs (jax.eval_shape), and the formulas."""
 
 import ast
+import itertools
+import math
 import pathlib
 
 import jax
@@ -153,3 +155,82 @@ def test_resolve_pads_per_axis(padding, expected):
     assert shapes.resolve_pads(padding, (9, 9, 9), (4, 4, 4), (2, 2, 2), (1, 1, 1)) == expected
     g = shapes.conv_geometry((9, 9, 9), (4, 4, 4), (2, 2, 2), padding, (1, 1, 1), (1, 1, 1))
     assert g.out_spatial == tuple((9 + lo + hi - 4) // 2 + 1 for lo, hi in expected)
+
+
+# --- synaptic connections ----------------------------------------------------------------------
+
+def brute_connections(in_spatial, out_spatial, kernel, stride, rhs, lhs, pads):
+    """Taps that read a real input, counted tap by tap on a marker array of the padded, lhs-dilated input."""
+    shape = tuple((n - 1) * ld + 1 + lo + hi for n, ld, (lo, hi) in zip(in_spatial, lhs, pads))
+    real = np.zeros(shape, bool)
+    real[tuple(slice(lo, lo + (n - 1) * ld + 1, ld) for n, ld, (lo, _) in zip(in_spatial, lhs, pads))] = True
+    count = 0
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        window = real[tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                            for t, d, o, s in zip(tap, rhs, out_spatial, stride))]
+        assert window.shape == tuple(out_spatial)
+        count += np.count_nonzero(window)
+    return count
+
+
+def brute_transpose_connections(m, n, kernel, stride, rhs, pads):
+    """A transposed convolution as a scatter: input i and tap t land on output i * s + t * d - lo; count
+    the landings inside the n outputs."""
+    positions = np.indices(m).reshape(len(m), -1).T
+    count = 0
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        target = positions * np.array(stride) + np.array(tap) * np.array(rhs) - np.array([lo for lo, _ in pads])
+        count += np.count_nonzero(np.all((target >= 0) & (target < np.array(n)), axis=1))
+    return count
+
+
+@settings(max_examples=400)
+@given(conv_configs(modes=('ZEROS',)))
+def test_connections_of_a_convolution_by_brute_force(c):
+    if not conv_is_valid(c):
+        return
+    g = shapes.conv_geometry(c['spatial'], c['kernel'], c['stride'], c['padding'], c['lhs'], c['rhs'])
+    expected = brute_connections(c['spatial'], g.out_spatial, c['kernel'], c['stride'], c['rhs'], c['lhs'],
+                                 c['pads'])
+    assert shapes.connections(g) == expected
+    assert shapes.connections(g) <= math.prod(g.out_spatial) * math.prod(g.kernel_size)  # MACs' taps
+    # With the pads holding copies of inputs (and no lhs dilation) every tap of every window counts.
+    if all(ld == 1 for ld in c['lhs']):
+        assert shapes.connections(g, padded=True) == math.prod(g.out_spatial) * math.prod(g.kernel_size)
+
+
+@settings(max_examples=400)
+@given(transpose_configs(modes=('ZEROS',)))
+def test_connections_of_a_transposed_convolution_by_brute_force(c):
+    if min(c['out']) < 1:
+        return
+    g = shapes.conv_transpose_geometry(c['m'], c['kernel'], c['stride'], c['padding'], c['rhs'],
+                                       c['output_padding'])
+    assert shapes.connections(g) == brute_transpose_connections(c['m'], c['out'], c['kernel'], c['stride'],
+                                                                c['rhs'], c['pads'])
+    # CIRCULAR wraps the pads onto the output: every input meets every tap.
+    assert shapes.connections(g, padded=True) == math.prod(c['m']) * math.prod(c['kernel'])
+
+
+@pytest.mark.parametrize('n, k, s, d, ld, padding, expected', [
+    (5, 3, 1, 1, 1, 'SAME', 13),        # 5 outputs x 3 taps, less the pad each end reads
+    (5, 3, 1, 1, 1, 'VALID', 9),
+    (5, 3, 1, 1, 1, 'CAUSAL', 12),      # two pads before: output 0 reads 2 of them, output 1 one
+    (6, 3, 2, 1, 1, 'SAME', 8),         # pads (0, 1): outputs 0, 2, 4 read 0-2, 2-4, 4-6; 6 is the pad
+    (4, 2, 1, 1, 2, 'VALID', 6),        # dilated x.x.x.x (7): 6 windows, each reads exactly one input
+    (4, 2, 1, 2, 2, 'VALID', 6),        # taps 2 apart on x.x.x.x: windows at 0, 2, 4 read 2 inputs, 1, 3 none
+])
+def test_connections_by_hand(n, k, s, d, ld, padding, expected):
+    g = shapes.conv_geometry((n,), (k,), (s,), padding, (ld,), (d,))
+    assert shapes.connections(g) == expected
+
+
+def test_connections_multiply_over_axes():
+    g = shapes.conv_geometry((5, 6), (3, 3), (1, 2), 'SAME', (1, 1), (1, 1))
+    assert shapes.connections(g) == 13 * 8
+
+
+def test_padded_connections_refuse_lhs_dilation():
+    g = shapes.conv_geometry((5,), (3,), (1,), 'SAME', (2,), (1,))
+    with pytest.raises(ValueError, match='lhs_dilation'):
+        shapes.connections(g, padded=True)

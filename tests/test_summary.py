@@ -619,3 +619,172 @@ def test_state_of_a_spiking_network():
     assert s.rows[1].states == (('V', (6, 6, 4)),) and s.rows[1].type == 'LIF'
     assert sum(r.state for r in s.rows) == hidden_per_example(net, 3)
     assert f'State per example: {buffer + v + hc:,} values' in str(s)
+
+
+# --- SynOps -----------------------------------------------------------------------------------
+
+def synapses_from_run(layer, in_size):
+    """Synapses per example from a real run: with every weight 1 and no bias, each output element sums one
+    term per synapse that reaches it, so the outputs for an all-ones input add up to the synapses (pads
+    count where a padding mode fills them with copies of the input)."""
+    weights = {k: jnp.ones_like(v) if k == 'weight' else jnp.zeros_like(v) for k, v in layer.weight.value.items()}
+    layer.weight.value = weights
+    with lenient_promotion():
+        y = layer(jnp.ones((1,) + tuple(in_size), jnp.float32))
+    return int(round(float(np.sum(np.asarray(y, np.float64)))))
+
+
+SYNAPSE_LAYERS = {
+    # 1-, 2- and 3-d; stride; rhs and lhs dilation; padding strings, ints, pairs and per axis; groups; modes
+    'conv1d same stride': lambda: brainconv.Conv1d((11, 2), 3, 4, stride=3),
+    'conv1d causal rhs': lambda: brainconv.Conv1d((9, 1), 2, 3, padding='CAUSAL', rhs_dilation=3),
+    'conv1d lhs': lambda: brainconv.Conv1d((6, 2), 2, 3, lhs_dilation=3, stride=2, padding=(2, 4)),
+    'conv1d lhs rhs': lambda: brainconv.Conv1d((7, 1), 1, 3, lhs_dilation=2, rhs_dilation=3, padding='SAME'),
+    'conv2d same_lower groups': lambda: brainconv.Conv2d((7, 6, 4), 6, (3, 2), padding='SAME_LOWER', groups=2),
+    'conv2d depthwise': lambda: brainconv.Conv2d((6, 5, 3), 6, 3, stride=2, groups=3),
+    'conv2d per axis': lambda: brainconv.Conv2d((8, 5, 2), 3, 3, padding=('CAUSAL', (0, 3)), lhs_dilation=(1, 2)),
+    'conv2d channel first': lambda: brainconv.Conv2d((2, 6, 6), 2, 3, channel_first=True, rhs_dilation=2),
+    'conv2d valid': lambda: brainconv.Conv2d((6, 6, 2), 3, 3, padding='VALID', stride=2),
+    'conv2d reflect': lambda: brainconv.Conv2d((6, 5, 2), 2, 3, padding_mode='REFLECT', stride=2),
+    'conv2d replicate': lambda: brainconv.Conv2d((6, 5, 1), 2, (4, 3), padding_mode='REPLICATE'),
+    'conv2d circular': lambda: brainconv.Conv2d((5, 5, 1), 2, 3, padding=2, padding_mode='CIRCULAR'),
+    'conv3d': lambda: brainconv.Conv3d((4, 5, 3, 2), 2, 3, stride=(1, 2, 1), padding=((0, 2), 1, (2, 0))),
+    'transpose1d': lambda: brainconv.ConvTranspose1d((5, 2), 3, 4, stride=3, padding=(2, 1), output_padding=1),
+    'transpose1d rhs': lambda: brainconv.ConvTranspose1d((6, 1), 2, 3, stride=2, rhs_dilation=2),
+    'transpose2d groups': lambda: brainconv.ConvTranspose2d((4, 3, 4), 2, 3, stride=2, groups=2, padding='VALID'),
+    'transpose2d circular': lambda: brainconv.ConvTranspose2d((3, 4, 1), 2, 3, stride=2, padding_mode='CIRCULAR'),
+    'transpose3d': lambda: brainconv.ConvTranspose3d((3, 2, 3, 1), 2, 2, stride=(2, 1, 3), padding='CAUSAL'),
+    'local2d': lambda: brainconv.LocalConv2d((5, 6, 2), 3, 3, stride=(1, 2)),
+    'brainstate conv2d': lambda: nn.Conv2d((7, 6, 2), 4, 3, stride=2, groups=2, w_init=jax_init(ones)),
+    'brainstate transpose2d': lambda: nn.ConvTranspose2d((4, 4, 2), 2, 3, stride=2, w_init=jax_init(ones)),
+}
+
+
+@pytest.mark.parametrize('name', list(SYNAPSE_LAYERS))
+def test_synops_are_the_rate_times_the_synapses_of_a_run(name):
+    with lenient_promotion():
+        layer = SYNAPSE_LAYERS[name]()
+    s = brainconv.summary(layer, spike_rates=0.25)
+    row, = s.rows
+    synapses = synapses_from_run(layer, layer.in_size)
+    assert row.spike_rate == 0.25 and row.synops == pytest.approx(0.25 * synapses)
+    assert s.total_synops == row.synops
+    if isinstance(layer, (brainconv.Conv, brainconv.ConvTranspose, brainconv.LocalConv)):
+        assert brainconv.tools.conv_connections(layer.spec) == synapses
+    # MACs count the products that read zero pads or inserted zeros (or land in cropped pads); pads that
+    # hold copies of the input (padding modes) are synapses.
+    no_zeros = all(lo == 0 and hi == 0 for lo, hi in row.pads) and set(row.lhs_dilation) == {1}
+    if no_zeros or getattr(getattr(layer, 'spec', None), 'padding_mode', 'ZEROS') != 'ZEROS':
+        assert synapses == row.macs
+    else:
+        assert synapses < row.macs
+
+
+def spiking_net():
+    """Spikes in, a strided convolution, a grouped one with padding, a dense read-out."""
+    return nn.Sequential(
+        brainconv.Conv2d((8, 8, 2), 4, 3, stride=2, w_init=w_init()),
+        nn.ReLU(),
+        brainconv.Conv2d((4, 4, 4), 4, 3, groups=2, rhs_dilation=2, padding='SAME', w_init=w_init()),
+        nn.Flatten(in_size=(4, 4, 4)),
+        nn.Linear(64, 3),
+    )
+
+
+def test_synops_of_a_network_from_measured_inputs():
+    net = spiking_net()
+    x = jnp.asarray(np.random.default_rng(2).random((5, 8, 8, 2)) < 0.1)
+    records = run_sequential(net, x)
+    given = {f'layers.{i}': xi for i, (_, xi, _) in enumerate(records) if i in (0, 2, 4)}
+    s = brainconv.summary(net, spike_rates=given)
+
+    rates = [np.count_nonzero(np.asarray(xi)) / np.size(xi) for _, xi, _ in records]
+    synapses = [synapses_from_run(brainconv.Conv2d((8, 8, 2), 4, 3, stride=2), (8, 8, 2)), 0,
+                synapses_from_run(brainconv.Conv2d((4, 4, 4), 4, 3, groups=2, rhs_dilation=2, padding='SAME'),
+                                  (4, 4, 4)), 0, 64 * 3]
+    expected = [rates[i] * synapses[i] if i in (0, 2, 4) else None for i in range(5)]
+    assert [r.spike_rate for r in s.rows] == [rates[0], None, rates[2], None, rates[4]]
+    assert [r.synops is None for r in s.rows] == [e is None for e in expected]
+    assert [r.synops for r in s.rows if r.synops is not None] == pytest.approx(expected[::2], rel=1e-12)
+    assert s.total_synops == pytest.approx(expected[0] + expected[2] + expected[4], rel=1e-12)
+    check_against_run(s.rows, records)  # the other columns are unchanged
+
+    text = str(s)
+    header = text.splitlines()[0].split()
+    assert header.index('MACs') + 1 == header.index('Rate') and header.index('SynOps') == header.index('Rate') + 1
+    assert f'SynOps per example: {round(s.total_synops):,}' in text
+    assert 'layers.1' not in text.split('SynOps per example')[1]  # ReLU and Flatten drive no synapses
+    table = _Table()
+    table.feed(s._repr_html_())
+    assert 'SynOps' in table.rows[0] and table.rows[1][table.rows[0].index('SynOps')] == f'{round(expected[0]):,}'
+    row = s.to_rows()[4]
+    assert row['spike_rate'] == rates[4] and row['synops'] == pytest.approx(expected[4])
+
+    # One rate for every layer: the layers without synapses count 0.
+    s = brainconv.summary(net, spike_rates=0.1)
+    assert [r.spike_rate for r in s.rows] == [0.1] * 5
+    assert [r.synops for r in s.rows] == pytest.approx([0.1 * n for n in synapses], rel=1e-12)
+
+
+def test_without_rates_nothing_changes():
+    net = spiking_net()
+    s = brainconv.summary(net)
+    assert s.total_synops is None and all(r.spike_rate is None and r.synops is None for r in s.rows)
+    assert 'SynOps' not in str(s) and 'Rate' not in str(s) and 'SynOps' not in s._repr_html_()
+    assert str(brainconv.summary(net, spike_rates={})) == str(s)
+
+
+def test_synops_of_rows_that_compute_their_own_inputs():
+    """A separable convolution's pointwise step and a cell's recurrent convolutions read values the layer
+    computes itself: counted in full, beside the rate-scaled input convolution.  A streaming layer: one
+    step's window, every tap in time reading a real frame."""
+    sep = brainconv.SeparableConv2d((6, 5, 2), 6, 3, stride=2, depth_multiplier=2)
+    depthwise = synapses_from_run(brainconv.Conv2d((6, 5, 2), 4, 3, stride=2, groups=2), (6, 5, 2))
+    pointwise = synapses_from_run(brainconv.Conv2d((3, 3, 4), 6, 1), (3, 3, 4))
+    cell = brainconv.ConvGRUCell2d((6, 6, 2), 3, 3, stride=2, padding='VALID', recurrent_kernel_size=2)
+    input_conv = synapses_from_run(brainconv.Conv2d((6, 6, 2), 9, 3, stride=2, padding='VALID'), (6, 6, 2))
+    recurrent = sum(synapses_from_run(c, c.in_size) for c in cell.recurrent_convs)
+    step = brainconv.Conv2d((4, 6, 2), 3, (3, 3), rhs_dilation=(2, 1), padding=('CAUSAL', 'SAME')).streaming()
+    brainstate.nn.init_all_states(step, 1)
+    step.conv.weight.value = {'weight': jnp.ones_like(step.conv.weight.value['weight'])}
+    for _ in range(step.span):  # fill the frame buffer with ones
+        frame = step(jnp.ones((1, 6, 2), jnp.float32))
+    window = int(round(float(jnp.sum(frame))))
+
+    s = brainconv.summary([sep, cell, step], spike_rates=0.5)
+    assert [r.synops for r in s.rows] == pytest.approx([0.5 * depthwise + pointwise,
+                                                        0.5 * input_conv + recurrent, 0.5 * window])
+    assert window == 3 * (6 * 3 - 2) * 2 * 3  # 3 time taps x (6 positions x 3 taps, less 2 on pads) x 2 x 3
+    assert 'and SynOps of streaming layers and recurrent cells are per step' in str(s)
+
+
+def test_unknown_costs_and_unnamed_rows_in_the_footer():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_size, self.out_size = (4,), (4,)
+            self.w = brainstate.ParamState(jnp.ones(4))
+
+    layers = [brainconv.Conv1d((4, 1), 1, 3, w_init=ones), nn.Flatten(in_size=(4, 1)), Custom(),
+              nn.Linear(4, 2)]
+    s = brainconv.summary(layers, spike_rates={'2': 0.5, '3': 0.5})
+    assert [r.synops for r in s.rows] == [None, None, None, 4.0]
+    lines = str(s).splitlines()
+    assert lines[4].split()[-2:] == ['0.5', '?']
+    assert 'SynOps per example: 4 (' in str(s) and 'not counting 2: cost unknown' in str(s)
+    assert 'not counting 0: no rate given' in str(s)
+
+
+@pytest.mark.parametrize('rates, match', [
+    ({'layers.9': 0.1}, r"names \['layers.9'\], which are not rows"),
+    (1.5, 'spike_rates must be a number in'),
+    (-0.1, 'spike_rates must be a number in'),
+    (True, 'spike_rates must be a number in'),
+    ('0.1', 'spike_rates must be a number in'),
+    (np.ones(3), 'spike_rates must be a number in'),
+    ({'layers.0': float('nan')}, r"spike_rates\['layers.0'\] must be a number in \[0, 1\] or an array"),
+    ({'layers.0': np.zeros((0, 2))}, r"spike_rates\['layers.0'\] must be"),
+])
+def test_bad_rates(rates, match):
+    with pytest.raises(ValueError, match=match):
+        brainconv.summary(spiking_net(), spike_rates=rates)
