@@ -231,3 +231,25 @@ def test_the_density_switch():
     with pytest.raises(ValueError, match='branch'):
         with _lowering.event_branch('sparse'):
             pass
+
+
+def test_long_strided_kernels_fall_back_to_a_dense_formulation():
+    """A kernel of more taps than 'taps' compiles and too strided for 'fft' is 'lax' under 'auto';
+    the event path's dense branch is then 'lax_vjp' (same forward, a kernel gradient XLA runs at
+    full speed inside a ``lax.cond``): both branches against the oracle."""
+    layer = brainconv.Conv2d((19, 19, 2), 2, 15, stride=2, groups=2, lowering='event', w_init=cheap_init(2))
+    g = layer.spec.geometry
+    assert _lowering.choose(g, 2, 2, 2, 'cpu') == 'lax'
+    x = _spikes((2, 19, 19, 2), 0.2, seed=4)
+    r = np.random.default_rng(5).standard_normal((2,) + g.out_spatial + (2,))
+    expected_dw = _grad_oracle(layer, x.astype(np.float64), r)
+
+    def loss(weight, x):
+        return jnp.sum(layer.apply(weight, x) * r)
+
+    for branch in ('event', 'dense', None):
+        with _lowering.event_branch(branch):
+            y = jax.jit(layer.apply)(layer.weight.value, jnp.asarray(x))
+            dw = jax.jit(jax.grad(loss))(layer.weight.value, jnp.asarray(x))['weight']
+        np.testing.assert_allclose(y, _conv_oracle(layer, x.astype(np.float64)), **TOL)
+        np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)

@@ -312,19 +312,34 @@ def test_named_configurations(case):
     assert check_case(case)
 
 
-def test_both_kernel_gradient_paths_match_the_oracle(monkeypatch):
-    """Small ungrouped kernel gradients run as a loop over the taps (lowering.SMALL_MACS), large ones
-    as stacked patches: the test shapes are small, so force the patches path here too."""
-    cases = [dict(nd=2, transposed=False, k=(3, 2), stride=(2, 1), rd=(1, 2), n=(7, 6), groups=1, cin=3, cout=2,
+def test_every_kernel_gradient_path_matches_the_oracle(monkeypatch):
+    """Ungrouped kernel gradients run as one canonical convolution (1-d; 2-d on jaxlib >= 0.12), as
+    a loop over the taps (small ones, lowering.SMALL_MACS) or as stacked patches: force each path
+    here whatever the jaxlib, through strides, kernel dilation and (as adjoint geometries have
+    them) negative pads."""
+    cases = [dict(nd=1, transposed=False, k=(3,), stride=(2,), rd=(2,), n=(11,), groups=1, cin=3, cout=2,
+                  padding=((2, 1),), channel_first=False, batch=2, mode='ZEROS', ld=(1,), output_padding=(0,)),
+             dict(nd=2, transposed=False, k=(3, 2), stride=(2, 1), rd=(1, 2), n=(7, 6), groups=1, cin=3, cout=2,
                   padding='SAME', channel_first=False, batch=2, mode='ZEROS', ld=(1, 1), output_padding=(0, 0)),
              dict(nd=3, transposed=True, k=(3, 2, 2), stride=(2, 1, 2), rd=(1, 1, 1), n=(3, 4, 3), groups=1, cin=2,
                   cout=3, padding='SAME', channel_first=False, batch=1, mode='ZEROS', ld=(1, 1, 1),
                   output_padding=(0, 0, 0))]
-    for case in cases:
-        assert check_case(case)
-    monkeypatch.setattr(lowering, 'SMALL_MACS', 0)
-    for case in cases:
-        assert check_case(case)
+    negative = [((11,), (3,), (2,), ((-2, 3),), (2,)), ((6, 10), (2, 3), (1, 3), ((1, -1), (-1, 2)), (2, 1))]
+    rng = np.random.default_rng(3)
+    for single_threaded in (False, True):
+        monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', single_threaded)
+        for small in (lowering.SMALL_MACS, 0):
+            monkeypatch.setattr(lowering, 'SMALL_MACS', small)
+            for case in cases:
+                assert check_case(case)
+            for n, k, stride, pads, rd in negative:
+                geom = shapes.conv_geometry(n, k, stride, pads, (1,) * len(n), rd)
+                x = rng.standard_normal((2,) + n + (3,))
+                gy = rng.standard_normal((2,) + geom.out_spatial + (2,))
+                expected = taps_weight_grad(pad_forward(x, pads, 'ZEROS'), gy, stride, rd, k, 3, 1)
+                dw = lowering._weight_grad_any(jnp.asarray(x, jnp.float32), jnp.asarray(gy, jnp.float32),
+                                               geom, 1, None)
+                assert_close(dw, expected, f"kernel gradient, pads {pads}")
 
 
 def test_ynnpack_escape_matches_the_oracle(monkeypatch):
