@@ -760,7 +760,7 @@ def _weight_grad_canonical(x, gy, g, precision):
     nd = g.num_spatial_dims
     x = _pad(x, [(min(lo, 0), 0) for lo, _ in g.pads])
     pads = []
-    for a, (lo, hi) in enumerate(g.pads):
+    for a, (lo, _) in enumerate(g.pads):
         lo = max(lo, 0)
         # the input positions past the last one any window reads are cut off
         used = kernel_span(g.kernel_size[a], g.rhs_dilation[a]) + (g.out_spatial[a] - 1) * g.stride[a]
