@@ -207,9 +207,11 @@ def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: 
 
     Off CPU nothing was measured, so the direct call.  On CPU each rule names
     the measurements that decided it (``benchmarks/bench_cpu.py --lowerings``
-    on a 2-core AMD EPYC, jax 0.10.2; ratios are medians of per-round ratios
-    against raw lax, forward / forward+backward; docs/performance.md has the
-    tables):
+    on a 2-core AMD EPYC; ratios are medians of per-round ratios against raw
+    lax, forward / forward+backward; docs/performance.md has the tables).
+    Every rule was measured on jaxlib 0.10.2 and, unless it says otherwise,
+    holds on 0.12 too; the one rule that depends on the line is keyed on
+    :data:`YNN_SINGLE_THREADED` (jaxlib < 0.12), the one switch between them:
 
     * long kernels: ``'fft'`` where :func:`brainconv._fft.fft_wins` (stride 1,
       no dilation; from 48 taps in 1-d, 81 in 2-d dense, 121 depthwise --
@@ -230,7 +232,12 @@ def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: 
       VALID window never reaches XLA (config h-circ 0.39), forward+backward
       config a 0.30, f (transposed, phases) 0.12, h-circ 0.43, h-refl 0.56,
       b 0.90, d 0.94.  ``'im2col'`` loses on thin inputs (config b: 2.85 /
-      1.97) and ``'fold'`` on 2-d forwards (config a: 1.54).
+      1.97) and ``'fold'`` on 2-d forwards (config a: 1.54).  jaxlib 0.12
+      (2026-12-04): a 1.02 / 1.03, b 0.56 / 0.93, d 0.98 / 0.91, f 1.30 /
+      0.11, h-circ 0.98 / 1.07, h-refl 1.11 / 1.26 (``'lax'`` itself 1.03 /
+      1.12 there); its kernel gradient never uses XLA's own, which runs
+      60-200x slower in a loop body (:func:`_weight_grad_canonical`), so it
+      stays the default where it is within noise of ``'lax'`` at the top level.
     """
     if backend != 'cpu':
         return 'lax'
