@@ -668,7 +668,16 @@ def dense_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, 
 def crossover(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward',
               backend_name: str | None = None) -> int:
     """The number of non-zero inputs up to which the event kernel is predicted to be faster than
-    the dense formulation (0: never): the threshold of the run-time density switch."""
+    the dense formulation (0: never): the threshold of the run-time density switch.
+
+    Depthwise kernels (one input channel per group) get 0: the model, fitted to the kernels
+    alone (config B at 1%: event 2.4 ms, ``'taps'`` 4.1 ms, as predicted), does not hold in a
+    layer, where the event path measured slower than the dense default at every density
+    (``benchmarks/bench_event_layers.py``, config B, two runs, jax 0.10.2: forward 10-12 ms
+    against 3.9-4.5 ms at 1-2%, kernel gradient 0.5-1.4x), for reasons not yet found; so the
+    switch runs them densely (``lowering.event_branch('event')`` still forces the kernel)."""
+    if groups > 1 and cin == groups:
+        return 0
     base = event_cost(g, groups, n_batch, cin, cout, 0, kind, backend_name)
     per_event = event_cost(g, groups, n_batch, cin, cout, 1, kind, backend_name) - base
     spare = dense_cost(g, groups, n_batch, cin, cout, kind) - base
