@@ -686,7 +686,8 @@ def build_cnn_impls() -> Tuple[Dict[str, Impl], Dict[str, Any]]:
         impls['equinox'] = jax_impl('equinox', eqx_apply, (c1, c2, dense),
                                     lambda g: jnp.transpose(g[1].weight, (2, 3, 1, 0)))
 
-    impls['torch'] = TorchProxy.get().impl('g')
+    if TorchProxy.get() is not None:
+        impls['torch'] = TorchProxy.get().impl('g')
     return impls, {}
 
 
