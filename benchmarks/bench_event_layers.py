@@ -546,7 +546,8 @@ def snn_section(monitor, rounds, budget, target_s):
     ev, lab = jnp.asarray(events), jnp.asarray(labels)
     frames = jnp.asarray(ev, jnp.float32)
     impls = {'event': snn_impl('event', 'event', ev, lab), 'dense': snn_impl('dense', None, frames, lab),
-             'lax': snn_impl('lax', 'lax', frames, lab), 'brainstate': snn_impl('brainstate', 'brainstate', frames, lab)}
+             'lax': snn_impl('lax', 'lax', frames, lab),
+             'brainstate': snn_impl('brainstate', 'brainstate', frames, lab)}
     torch = _torch('snn')
     if torch is not None:
         impls['torch'] = torch

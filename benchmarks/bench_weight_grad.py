@@ -53,36 +53,43 @@ def median_ms(fn, *args, n=7) -> float:
     return float(np.median(times)) * 1e3
 
 
+def run_case(name: str) -> str:
+    """One case's line: every way's time at the top level / per scan step, and its error."""
+    spatial, cin, cout, k, s, d, pads, batch = CASES[name]
+    g = geometry(spatial, k, s, d, pads)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch,) + spatial + (cin,)), jnp.float32)
+    gy = jnp.asarray(rng.standard_normal((batch,) + g.out_spatial + (cout,)), jnp.float32)
+    kernel = jnp.zeros((k,) * len(spatial) + (cin, cout))
+
+    def xla(x, gy):
+        _, pullback = jax.vjp(lambda v: L.direct(x, v, g, 1), kernel)
+        return pullback(gy)[0]
+
+    ways = {'xla': xla,
+            'canonical': lambda x, gy: L._weight_grad_canonical(x, gy, g, None),
+            'rows': lambda x, gy: L.weight_grad(x, gy, g, 1),
+            'loop': lambda x, gy: L._weight_grad_loop(x, gy, g, None)}
+    ref = np.asarray(jax.jit(xla)(x, gy))
+    zero = jnp.zeros(ref.shape)
+    cells = []
+    for way, fn in ways.items():
+        err = np.abs(np.asarray(jax.jit(fn)(x, gy)) - ref).max() / np.abs(ref).max()
+
+        def scanned(xs, gy, fn=fn):
+            return lax.scan(lambda c, xi: (c + fn(xi, gy), None), zero, xs)[0]
+
+        top = median_ms(jax.jit(fn), x, gy)
+        step = median_ms(jax.jit(scanned), jnp.stack([x] * STEPS), gy, n=3) / STEPS
+        cells.append(f"{way} {top:.1f} / {step:.1f} (err {err:.0e})")
+    return f"{name}: " + ' | '.join(cells)
+
+
 def main(names) -> None:
     print(f"# kernel gradients at the top level / per step of a {STEPS}-step scan (ms); jax {jax.__version__}, "
           f"YNN_SINGLE_THREADED={L.YNN_SINGLE_THREADED}")
     for name in names:
-        spatial, cin, cout, k, s, d, pads, batch = CASES[name]
-        g = geometry(spatial, k, s, d, pads)
-        rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.standard_normal((batch,) + spatial + (cin,)), jnp.float32)
-        gy = jnp.asarray(rng.standard_normal((batch,) + g.out_spatial + (cout,)), jnp.float32)
-
-        def xla(x, gy):
-            _, pullback = jax.vjp(lambda v: L.direct(x, v, g, 1), jnp.zeros((k,) * len(spatial) + (cin, cout)))
-            return pullback(gy)[0]
-
-        ways = {'xla': xla,
-                'canonical': lambda x, gy: L._weight_grad_canonical(x, gy, g, None),
-                'rows': lambda x, gy: L.weight_grad(x, gy, g, 1),
-                'loop': lambda x, gy: L._weight_grad_loop(x, gy, g, None)}
-        ref = np.asarray(jax.jit(xla)(x, gy))
-        cells = []
-        for way, fn in ways.items():
-            err = np.abs(np.asarray(jax.jit(fn)(x, gy)) - ref).max() / np.abs(ref).max()
-
-            def scanned(xs, gy, fn=fn):
-                return lax.scan(lambda c, xi: (c + fn(xi, gy), None), jnp.zeros(ref.shape), xs)[0]
-
-            top = median_ms(jax.jit(fn), x, gy)
-            step = median_ms(jax.jit(scanned), jnp.stack([x] * STEPS), gy, n=3) / STEPS
-            cells.append(f"{way} {top:.1f} / {step:.1f} (err {err:.0e})")
-        print(f"{name}: " + ' | '.join(cells), flush=True)
+        print(run_case(name), flush=True)
 
 
 if __name__ == '__main__':
