@@ -279,39 +279,14 @@ def _torch_cnn_impl() -> Impl:
 
 def _torch_worker() -> None:
     """Serve torch timings over stdin/stdout (pickled messages) until told to quit."""
-    import pickle
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _torch_serve import serve
 
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    impls: Dict[str, Impl] = {}
-    while True:
-        msg = pickle.load(inp)
-        try:
-            if msg[0] == 'quit':
-                return
-            if msg[0] == 'version':
-                reply = (torch.__version__, torch.get_num_threads())
-            elif msg[0] == 'reference':
-                if 'reference' not in impls:
-                    a = torch.from_numpy(np.random.default_rng(2).standard_normal((768, 768)).astype(np.float32))
-                    impls['reference'] = (lambda m: lambda: m @ m)(a)
-                    impls['reference']()
-                reply = _time(impls['reference'], 3)
-            elif msg[0] == 'build':
-                key = msg[1]
-                impls[key] = _torch_cnn_impl() if key == 'g' else _torch_impl(CONFIGS[key], *conv_data(CONFIGS[key]))
-                reply = 'ok'
-            elif msg[0] == 'results':
-                reply = impls[msg[1]].results()
-            elif msg[0] == 'reps':
-                reply = impls[msg[1]].reps(msg[2], msg[3])
-            else:  # 'time'
-                reply = impls[msg[1]].time(msg[2], msg[3])
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
-            reply = exc
-        pickle.dump(reply, out)
-        out.flush()
+    def build(key):
+        impl = _torch_cnn_impl() if key == 'g' else _torch_impl(CONFIGS[key], *conv_data(CONFIGS[key]))
+        return {'fwd': impl.fwd, 'fb': impl.fb, 'results': impl.results}
+
+    serve(build)
 
 
 if __name__ == '__main__' and '--torch-worker' in sys.argv:

@@ -115,49 +115,9 @@ def _torch_impl(key: str, density: float):
 
 
 def _torch_worker() -> None:
-    """Serve torch timings over stdin/stdout (pickled messages), as bench_cpu's worker does."""
-    import pickle
-
-    import torch
-    torch.set_num_threads(os.cpu_count() or 1)
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    impls = {}
-
-    def timed(fn, reps):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t0) / reps
-
-    while True:
-        msg = pickle.load(inp)
-        try:
-            if msg[0] == 'quit':
-                return
-            if msg[0] == 'version':
-                reply = (torch.__version__, torch.get_num_threads())
-            elif msg[0] == 'reference':
-                if 'reference' not in impls:
-                    a = torch.from_numpy(np.random.default_rng(2).standard_normal((768, 768)).astype(np.float32))
-                    impls['reference'] = {'fwd': (lambda m: lambda: m @ m)(a)}
-                    impls['reference']['fwd']()
-                reply = timed(impls['reference']['fwd'], 3)
-            elif msg[0] == 'build':
-                impls[msg[1]] = _torch_impl(*msg[1])
-                reply = 'ok'
-            elif msg[0] == 'results':
-                reply = impls[msg[1]]['results']()
-            elif msg[0] == 'reps':
-                fn = impls[msg[1]][msg[2]]
-                t0 = time.perf_counter()
-                fn()
-                reply = max(1, min(50, int(msg[3] / max(time.perf_counter() - t0, 1e-6))))
-            else:  # 'time'
-                reply = timed(impls[msg[1]][msg[2]], msg[3])
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
-            reply = exc
-        pickle.dump(reply, out)
-        out.flush()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _torch_serve import serve
+    serve(lambda key: _torch_impl(*key))
 
 
 if __name__ == '__main__' and '--torch-worker' in sys.argv:
