@@ -844,6 +844,27 @@ def _dense(formulation: str, geometry: ConvGeometry, groups: int, in_channels: i
     return 'lax_vjp' if dense == 'lax' else dense      # 'lax' has no entry: the same forward
 
 
+#: Fewest elements the density switch reads (:func:`nonzero_estimate`); smaller inputs are counted whole.
+COUNT_SAMPLES = 2 ** 15
+#: Strides of the switch's sample: primes, so that no channel or row period aligns with them.
+_SAMPLE_STRIDES = (61, 31, 13, 7, 3)
+
+
+def nonzero_estimate(x: jax.Array) -> jax.Array:
+    """The number of non-zeros of ``x`` as the density switch reads it: counted whole up to
+    ``2 * COUNT_SAMPLES`` elements, else from every p-th element (p the largest of
+    ``_SAMPLE_STRIDES`` that leaves at least ``COUNT_SAMPLES``), scaled up.  The switch only picks
+    which exact formulation runs, so a sampling error costs time, never accuracy; counting a
+    2M-element input whole cost 0.6-1 ms of a 14 ms dense forward (jaxlib 0.12), one element in
+    61 0.1-0.2 ms."""
+    flat = x.reshape(-1)
+    stride = next((p for p in _SAMPLE_STRIDES if flat.size // p >= COUNT_SAMPLES), 1)
+    if flat.size < 2 * COUNT_SAMPLES or stride == 1:
+        return jnp.count_nonzero(flat).astype(jnp.float32)
+    sample = lax.slice(flat, (0,), (flat.size,), (stride,))
+    return jnp.count_nonzero(sample).astype(jnp.float32) * (flat.size / sample.size)
+
+
 def _event_map(kind: str) -> Callable:
     """``'event'``'s forward (``kind='forward'``) or kernel gradient: the event kernel where the
     input's non-zero count is at most :func:`brainconv._event.crossover` (the measured cost
@@ -862,7 +883,7 @@ def _event_map(kind: str) -> Callable:
         limit = _event.crossover(g, groups, x.shape[0], cin, cout, kind)
         if limit <= 0:
             return dense_fn(x, other, g, groups)
-        return lax.cond(jnp.count_nonzero(x) <= limit, functools.partial(event_fn, g=g, groups=groups),
+        return lax.cond(nonzero_estimate(x) <= limit, functools.partial(event_fn, g=g, groups=groups),
                         functools.partial(dense_fn, g=g, groups=groups), x, other)
     return run
 

@@ -253,3 +253,24 @@ def test_long_strided_kernels_fall_back_to_a_dense_formulation():
             dw = jax.jit(jax.grad(loss))(layer.weight.value, jnp.asarray(x))['weight']
         np.testing.assert_allclose(y, _conv_oracle(layer, x.astype(np.float64)), **TOL)
         np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
+
+
+def test_the_switch_reads_a_sample_of_large_inputs():
+    """The density switch counts small inputs whole and estimates large ones from a strided sample
+    (a prime stride, so channel periods cannot alias): within one point of density at 1% and 50% (the
+    crossovers sit at 30-43%), exact at 0 and 100%, and an input whose spikes all sit in one channel is
+    still seen at its density."""
+    small = jnp.asarray(_spikes((2, 8, 8, 4), 0.3, seed=1))
+    assert float(_lowering.nonzero_estimate(small)) == int(small.sum())
+    shape = (32, 32, 32, 64)
+    for density in (0.0, 0.01, 0.5, 1.0):
+        x = jnp.asarray(_spikes(shape, density, seed=2), jnp.float32)
+        true = int(np.count_nonzero(np.asarray(x)))
+        estimate = float(jax.jit(_lowering.nonzero_estimate)(x))
+        assert abs(estimate - true) <= 0.01 * x.size, (density, estimate, true)
+        if density in (0.0, 1.0):
+            assert estimate == true
+    one_channel = np.zeros(shape, np.float32)
+    one_channel[..., 5] = 1.0
+    estimate = float(_lowering.nonzero_estimate(jnp.asarray(one_channel)))
+    assert abs(estimate - one_channel.sum()) <= 0.05 * one_channel.sum()
