@@ -657,11 +657,16 @@ def event_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, 
     return sum(c * f for c, f in zip(coef, cost_features(g, groups, n_batch, cin, cout, nnz, kind)))
 
 
+def _depthwise(groups: int, cin: int) -> bool:
+    """One input channel per group (a channel multiplier allowed)."""
+    return groups > 1 and cin == groups
+
+
 def dense_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward') -> float:
     """Predicted seconds of brainconv's dense formulation of the same map (what ``'auto'`` picks on
     CPU: XLA's convolution, or shift-multiply-add for depthwise kernels)."""
     macs = n_batch * math.prod(g.out_spatial) * math.prod(g.kernel_size) * (cin // groups) * cout
-    shape = 'depthwise' if groups > 1 and cin == groups else 'dense'
+    shape = 'depthwise' if _depthwise(groups, cin) else 'dense'
     return DENSE_COST[(kind, shape)] * macs
 
 
@@ -676,7 +681,7 @@ def crossover(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, k
     (``benchmarks/bench_event_layers.py``, config B, two runs, jax 0.10.2: forward 10-12 ms
     against 3.9-4.5 ms at 1-2%, kernel gradient 0.5-1.4x), for reasons not yet found; so the
     switch runs them densely (``lowering.event_branch('event')`` still forces the kernel)."""
-    if groups > 1 and cin == groups:
+    if _depthwise(groups, cin):
         return 0
     base = event_cost(g, groups, n_batch, cin, cout, 0, kind, backend_name)
     per_event = event_cost(g, groups, n_batch, cin, cout, 1, kind, backend_name) - base
