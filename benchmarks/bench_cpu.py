@@ -849,11 +849,11 @@ CROSSOVER_MAX_TAPS = 225
 
 def _fft_conv(geometry, groups):
     """``(x, w) -> y`` by the FFT formulation: ``lowering='fft'`` where brainconv has it, else
-    :mod:`brainconv._fft` with the gradients the lowering gives it (input gradient: the FFT
-    forward of the adjoint convolution; kernel gradient: :func:`brainconv._fft.weight_grad`)."""
+    :mod:`brainconv.lowering.fft` with the gradients the lowering gives it (input gradient: the FFT
+    forward of the adjoint convolution; kernel gradient: :func:`brainconv.lowering.fft.weight_grad`)."""
     if 'fft' in LOWERING_NAMES:
         return None
-    from brainconv import _fft
+    from brainconv.lowering import fft as _fft
     from brainconv.shapes import adjoint_geometry
     adjoint = adjoint_geometry(geometry)
 

@@ -1,4 +1,4 @@
-"""The event-driven kernels (``brainconv._event``) against dense convolutions on CPU, across input densities.
+"""The event-driven kernels (``brainconv.lowering.event``) against dense convolutions on CPU, across input densities.
 
 Configs (float32, batch 32, SAME padding, stride 1; the input is 0/1 spikes
 at the given density, the kernel and output gradient Gaussian):
@@ -26,7 +26,7 @@ medians of per-round ratios (dense time / event time: > 1 means the event
 kernel is faster).  Every implementation's output is checked against lax
 first.  Each config reports the first-call time (trace + compile + first run,
 in this process, kernels' own caches warm) beside the run times.  After the
-table, the cost model of ``brainconv._event`` is fitted to the event times
+table, the cost model of ``brainconv.lowering.event`` is fitted to the event times
 (each implementation's fastest round; least squares over every config and
 density) and its crossovers are printed beside the measured ones.
 
@@ -132,7 +132,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from brainconv import _event, lowering  # noqa: E402
+from brainconv import lowering  # noqa: E402
+from brainconv.lowering.event import cost as event_cost  # noqa: E402
+from brainconv.lowering.event import kernels as _event  # noqa: E402
 from brainconv.shapes import conv_geometry  # noqa: E402
 
 
@@ -297,8 +299,8 @@ def fit(samples, backends) -> None:
     constants, and the model's crossovers beside the measured ones (the density where the event
     time meets bc's, interpolated in log density).  Times are each implementation's fastest
     round: on a shared machine the least disturbed estimate of what the code costs."""
-    print("\n## Cost model fit: event seconds = sum of coefficient * term, terms " + ', '.join(_event.COST_TERMS)
-          + " (brainconv._event.cost_features); dense seconds = c * MACs")
+    print("\n## Cost model fit: event seconds = sum of coefficient * term, terms " + ', '.join(event_cost.COST_TERMS)
+          + " (brainconv.lowering.event.cost.cost_features); dense seconds = c * MACs")
     kinds = {'fwd': 'forward', 'fb': 'weight_grad'}
     dense = {}
     for mode, kind in kinds.items():
@@ -311,7 +313,7 @@ def fit(samples, backends) -> None:
     for b in backends:
         for mode, kind in kinds.items():
             rows = [s for s in samples if s[3] == b and s[4] == mode]
-            feats = np.array([_event.cost_features(geometry(k), CONFIGS[k][5], BATCH, CONFIGS[k][2], CONFIGS[k][3],
+            feats = np.array([event_cost.cost_features(geometry(k), CONFIGS[k][5], BATCH, CONFIGS[k][2], CONFIGS[k][3],
                                                    nnz, kind) for k, _, nnz, *_ in rows])
             t = np.array([s[5] for s in rows])
             coef = _nnls(feats / t[:, None], np.ones_like(t))   # relative errors: every point weighs the same
@@ -328,14 +330,14 @@ def fit(samples, backends) -> None:
                 measured = _crossing([s[1] for s in rows], [s[6]['bc'] / s[5] for s in rows])
                 _, spatial, cin, cout, _, groups = CONFIGS[key]
                 g = geometry(key)
-                saved = dict(_event.EVENT_COST), dict(_event.DENSE_COST)
-                _event.EVENT_COST.update({k: tuple(v) for k, v in coefs.items()})
-                _event.DENSE_COST.update(dense)
+                saved = dict(event_cost.EVENT_COST), dict(event_cost.DENSE_COST)
+                event_cost.EVENT_COST.update({k: tuple(v) for k, v in coefs.items()})
+                event_cost.DENSE_COST.update(dense)
                 try:
-                    nnz = _event.crossover(g, groups, BATCH, cin, cout, kind, b)
+                    nnz = event_cost.crossover(g, groups, BATCH, cin, cout, kind, b)
                 finally:
-                    _event.EVENT_COST.clear(), _event.EVENT_COST.update(saved[0])
-                    _event.DENSE_COST.clear(), _event.DENSE_COST.update(saved[1])
+                    event_cost.EVENT_COST.clear(), event_cost.EVENT_COST.update(saved[0])
+                    event_cost.DENSE_COST.clear(), event_cost.DENSE_COST.update(saved[1])
                 total = BATCH * math.prod(spatial) * cin
                 print(f"| {b} | {kind} | {key} | {_pct(measured)} | {_pct(nnz / total)} |")
 
@@ -422,7 +424,8 @@ import json, sys, time
 t0 = time.perf_counter()
 import jax, jax.numpy as jnp, numpy as np
 import brainconv
-from brainconv import _event, lowering
+from brainconv import lowering
+from brainconv.lowering.event import kernels as _event
 from brainconv.shapes import conv_geometry
 t_import = time.perf_counter() - t0
 _event.BACKEND = sys.argv[1]

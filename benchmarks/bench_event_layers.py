@@ -200,7 +200,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import brainconv  # noqa: E402
-from brainconv import _event  # noqa: E402
+from brainconv.lowering import event as _event  # noqa: E402
 
 #: bench_cpu.time_group times 'fwd', 'fb' and, where an implementation sets the attribute
 #: ``jvp``, a third callable under that name: here the third slot holds the kernel gradient.

@@ -1,12 +1,13 @@
 """Kernel gradients on CPU at the top level of a program and inside a loop body.
 
-XLA's own kernel gradient (``jax.vjp`` of ``lax.conv_general_dilated`` with respect to the kernel:
-a convolution whose dimension numbers contract the batch) against brainconv's three ways of computing
-the same thing (``lowering._weight_grad_canonical``, the row windows of ``lowering.weight_grad`` and the
-loop over taps of ``lowering._weight_grad_loop``), each jitted alone and as the body of a 4-step
-``lax.scan`` (the shape of every BPTT step).  Reported: the median ms of 7 calls (top level) and of 3
-calls divided by 4 (per scan step), and each result's largest difference from XLA's, relative to its
-largest magnitude.  Not a test: nothing here asserts a speed.
+XLA's own kernel gradient (``jax.vjp`` of ``lax.conv_general_dilated`` with respect to the kernel: a
+convolution whose dimension numbers contract the batch) against brainconv's three ways of computing the
+same thing (``lowering.kernel_grad._weight_grad_canonical``, the row windows of
+``lowering.kernel_grad.weight_grad`` and the loop over taps of
+``lowering.kernel_grad._weight_grad_loop``), each jitted alone and as the body of a 4-step ``lax.scan``
+(the shape of every BPTT step). Reported: the median ms of 7 calls (top level) and of 3 calls divided by
+4 (per scan step), and each result's largest difference from XLA's, relative to its largest magnitude.
+Not a test: nothing here asserts a speed.
 
 Usage::
 
@@ -25,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from brainconv import lowering as L
+from brainconv.lowering import cpu, kernel_grad
 from brainconv.shapes import ConvGeometry, conv_out_length
 
 #: name -> (spatial, C_in, C_out, kernel, stride, dilation, pads, batch)
@@ -67,9 +69,9 @@ def run_case(name: str) -> str:
         return pullback(gy)[0]
 
     ways = {'xla': xla,
-            'canonical': lambda x, gy: L._weight_grad_canonical(x, gy, g, None),
-            'rows': lambda x, gy: L.weight_grad(x, gy, g, 1),
-            'loop': lambda x, gy: L._weight_grad_loop(x, gy, g, None)}
+            'canonical': lambda x, gy: kernel_grad._weight_grad_canonical(x, gy, g, None),
+            'rows': lambda x, gy: kernel_grad.weight_grad(x, gy, g, 1),
+            'loop': lambda x, gy: kernel_grad._weight_grad_loop(x, gy, g, None)}
     ref = np.asarray(jax.jit(xla)(x, gy))
     zero = jnp.zeros(ref.shape)
     cells = []
@@ -87,7 +89,7 @@ def run_case(name: str) -> str:
 
 def main(names) -> None:
     print(f"# kernel gradients at the top level / per step of a {STEPS}-step scan (ms); jax {jax.__version__}, "
-          f"YNN_SINGLE_THREADED={L.YNN_SINGLE_THREADED}")
+          f"YNN_SINGLE_THREADED={cpu.YNN_SINGLE_THREADED}")
     for name in names:
         print(run_case(name), flush=True)
 

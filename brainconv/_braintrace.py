@@ -48,10 +48,11 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from .lowering.context import restore_context, trace_context
+from .lowering.primitives import CONV_PRIMITIVE
+
 __all__ = ['Trace', 'TraceMemoryError', 'set_trace_memory_limit', 'get_trace_memory_limit']
 
-#: The name of brainconv's convolution primitive (:data:`brainconv.lowering.conv_p`).
-CONV_PRIMITIVE = 'brainconv_conv'
 _MIXING = '_RECURRENT_WEIGHT_MIXING_PRIMITIVES'
 
 _STATE: Dict[str, Any] = {'mixing': False, 'limit': None}
@@ -108,7 +109,6 @@ def apply(layer: Any, x: Any, raw: Dict[str, Any], bias_scale: float | None, num
     prims = _PRIMITIVES.get(layer)
     if prims is None:
         prims = _PRIMITIVES[layer] = _make_primitives(layer)
-    from .lowering import trace_context  # lowering imports this module
     return prims[num_batch > 0].bind(x, *raw.values(), names=tuple(raw), bias_scale=bias_scale, block=block,
                                      context=trace_context())
 
@@ -262,7 +262,6 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     def impl(x, *arrays, names, bias_scale, block, context):
         # the formulation chosen when the operation was bound (global lowering, spike input), also
         # when JAX traces this again to lower or differentiate it
-        from .lowering import restore_context
         lay = owner()
         with restore_context(context):
             return lay._forward(x, sliced(lay, dict(zip(names, arrays)), block), bias_scale)

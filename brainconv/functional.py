@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _args, _units
+from . import _args, _braintrace, _units
 from . import lowering as _lowering
+from .lowering.common import _tap_slices
 from .shapes import ConvGeometry, Padding, Pads, transpose_as_conv
 
 __all__ = ['pad', 'conv', 'conv_transpose', 'patches', 'transpose_kernel', 'weight_standardize']
@@ -103,8 +104,14 @@ def conv_resolved(
     if channel_first:
         x = jnp.moveaxis(x, 1, -1)
     core = dataclasses.replace(geometry, in_spatial=tuple(x.shape[1:-1]), pads=pads)
-    y = _lowering.conv_core(x, w, core, groups, name, precision)
+    y = _conv_core(x, w, core, groups, name, precision)
     return jnp.moveaxis(y, -1, 1) if channel_first else y
+
+
+def _conv_core(x: jax.Array, w: jax.Array, core: ConvGeometry, groups: int, name: str, precision: Any) -> jax.Array:
+    """:func:`brainconv.lowering.conv_core`, once braintrace (if imported) knows its primitive mixes positions."""
+    _braintrace.notice_braintrace()
+    return _lowering.conv_core(x, w, core, groups, name, precision)
 
 
 def _fold_circular(z: jax.Array, pads: Pads, out_spatial: Sequence[int], axes: Sequence[int]) -> jax.Array:
@@ -143,7 +150,7 @@ def conv_transpose_resolved(
     else:
         if channel_first:
             y = jnp.moveaxis(y, 1, -1)
-        z = _lowering.conv_core(y, transpose_core_kernel(w), core, groups, name, precision)
+        z = _conv_core(y, transpose_core_kernel(w), core, groups, name, precision)
         axes = tuple(range(1, nd + 1))
     if wrap:  # CIRCULAR: transposed onto the padded length; fold the pads back.
         z = _fold_circular(z, g.pads, g.out_spatial, axes)
@@ -174,7 +181,7 @@ def patches(x: Any, geometry: ConvGeometry, padding_mode: str = 'ZEROS', channel
         pads = ((0, 0),) * nd
     config = [(0, 0, 0)] + [(lo, hi, ld - 1) for (lo, hi), ld in zip(pads, g.lhs_dilation)] + [(0, 0, 0)]
     xp = lax.pad(x, jnp.zeros((), x.dtype), config)
-    return jnp.stack(list(_lowering._tap_slices(xp, g)), axis=-2)
+    return jnp.stack(list(_tap_slices(xp, g)), axis=-2)
 
 
 def transpose_kernel(w: Any, groups: int = 1) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Sequence, Tuple, Union
 
 import brainstate
 import braintools
@@ -24,9 +24,6 @@ import numpy as np
 from . import _args, _braintrace, _init, _units, functional
 from . import lowering as _lowering
 from .shapes import Padding, adjoint_output_padding, transpose_as_conv
-
-if TYPE_CHECKING:
-    from .streaming import StreamingConv
 
 __all__ = [
     'Conv', 'Conv1d', 'Conv2d', 'Conv3d',
@@ -467,11 +464,15 @@ class Conv(_ConvBase):
         return functional.conv_resolved(x, w, self.spec.geometry, self.groups, self.padding_mode,
                                         self.channel_first, self.precision, self._lowering)
 
-    def streaming(self, name: str | None = None) -> StreamingConv:
+    #: The class :meth:`streaming` makes: :class:`brainconv.StreamingConv`, which builds on this
+    #: module and registers itself here when :mod:`brainconv.streaming` is imported (``import
+    #: brainconv`` does).
+    _streaming_class: ClassVar[type | None] = None
+
+    def streaming(self, name: str | None = None) -> StreamingConv:  # noqa: F821 - brainconv.streaming
         """This convolution stepped through time, one frame per call, sharing these weights
         (:class:`brainconv.StreamingConv`; the first spatial axis is time and must be causal)."""
-        from .streaming import StreamingConv  # streaming builds on this module
-        return StreamingConv(self, name=name)
+        return Conv._streaming_class(self, name=name)
 
     def transpose(self) -> ConvTranspose:
         """The ConvTranspose that computes exactly the adjoint of this layer's linear part.

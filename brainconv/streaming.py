@@ -296,3 +296,6 @@ class StreamingConv(brainstate.nn.Module):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.conv).__name__}, frame {self.in_size} -> {self.out_size}, "
                 f"state {self.state_size}, params={self.num_params})")
+
+
+Conv._streaming_class = StreamingConv   # what Conv.streaming() makes (layers.py cannot import this module)

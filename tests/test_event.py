@@ -19,8 +19,8 @@ import pytest
 from _configs import cheap_init
 
 import brainconv
-from brainconv import _event
 from brainconv import lowering as _lowering
+from brainconv.lowering import event as _event
 
 pytestmark = pytest.mark.skipif(not _event.available(), reason='no event kernel backend here')
 

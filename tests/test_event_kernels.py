@@ -1,4 +1,4 @@
-"""The event-driven kernels (:mod:`brainconv._event`) against the NumPy oracle of ``_reference.py``.
+"""The event-driven kernels (:mod:`brainconv.lowering.event`) against the NumPy oracle of ``_reference.py``.
 
 ``forward`` and ``weight_grad`` are called on core geometries (channels last,
 one batch axis) covering 1-, 2-, 3- and 4-d; stride, rhs and lhs dilation;
@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from brainconv import _event
+from brainconv.lowering.event import cost as event_cost
+from brainconv.lowering.event import kernels as _event
+from brainconv.lowering.event import plan as event_plan
 from brainconv.shapes import ConvGeometry, adjoint_geometry, conv_out_length
 
 
@@ -155,8 +157,8 @@ def test_empty_batch_and_wrong_operands(backend):
 def test_plan_is_small_and_cached():
     """The plan holds lead pairs and last-axis pairs, not one row per input position and tap."""
     g = geometry((64, 64, 64), (3, 3, 3), pads=((1, 1),) * 3)
-    table = _event.plan(g)
-    assert table is _event.plan(g) and table.dtype == np.int32
+    table = event_plan.plan(g)
+    assert table is event_plan.plan(g) and table.dtype == np.int32
     lead, last = (64 * 64 + 1) + 2 * (64 * 64 * 9), (64 + 1) + 2 * (64 * 3)   # offsets + (tap, output) pairs
     assert table.size <= 7 + lead + last < 2 * 64 ** 3 * 27 // 100       # under 1% of a flat table
 
@@ -196,7 +198,7 @@ def test_cpp_library_is_cached():
 
 
 def test_import_brainconv_does_not_import_numba():
-    code = "import sys, brainconv, brainconv._event; print('numba' in sys.modules)"
+    code = "import sys, brainconv, brainconv.lowering.event.kernels; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'False'
 
@@ -210,12 +212,12 @@ def test_crossover_is_where_the_costs_meet(case, kind):
     n = 16
     total = n * math.prod(g.in_spatial) * cin
     for name in ('cpp', 'numba'):
-        nnz = _event.crossover(g, groups, n, cin, cout, kind, name)
+        nnz = event_cost.crossover(g, groups, n, cin, cout, kind, name)
         assert 0 <= nnz <= total
-        dense = _event.dense_cost(g, groups, n, cin, cout, kind)
+        dense = event_cost.dense_cost(g, groups, n, cin, cout, kind)
         assert dense > 0
         if 0 < nnz < total:
-            assert _event.event_cost(g, groups, n, cin, cout, nnz, kind, name) <= dense * (1 + 1e-9)
-            assert _event.event_cost(g, groups, n, cin, cout, nnz + 1, kind, name) > dense
-    cost = jax.jit(lambda k: _event.event_cost(g, groups, n, cin, cout, k, kind, 'cpp'))(jnp.int32(10))
-    assert float(cost) == pytest.approx(_event.event_cost(g, groups, n, cin, cout, 10, kind, 'cpp'), rel=1e-6)
+            assert event_cost.event_cost(g, groups, n, cin, cout, nnz, kind, name) <= dense * (1 + 1e-9)
+            assert event_cost.event_cost(g, groups, n, cin, cout, nnz + 1, kind, name) > dense
+    cost = jax.jit(lambda k: event_cost.event_cost(g, groups, n, cin, cout, k, kind, 'cpp'))(jnp.int32(10))
+    assert float(cost) == pytest.approx(event_cost.event_cost(g, groups, n, cin, cout, 10, kind, 'cpp'), rel=1e-6)

@@ -1,4 +1,4 @@
-"""The FFT formulation (:mod:`brainconv._fft`) against an independent NumPy oracle.
+"""The FFT formulation (:mod:`brainconv.lowering.fft`) against an independent NumPy oracle.
 
 The oracle is written here in float64 as explicit sums over kernel taps: the
 input is lhs-dilated (zeros inserted), padded and -- for negative pads --
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from brainconv import _fft
+from brainconv.lowering import fft as _fft
 from brainconv.shapes import ConvGeometry, conv_out_length
 
 # --------------------------------------------------------------------------- #

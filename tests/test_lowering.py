@@ -314,7 +314,7 @@ def test_named_configurations(case):
 
 def test_every_kernel_gradient_path_matches_the_oracle(monkeypatch):
     """Ungrouped kernel gradients run as one canonical convolution (1-d; 2-d on jaxlib >= 0.12), as
-    a loop over the taps (small ones, lowering.SMALL_MACS) or as stacked patches: force each path
+    a loop over the taps (small ones, lowering.kernel_grad.SMALL_MACS) or as stacked patches: force each path
     here whatever the jaxlib, through strides, kernel dilation and (as adjoint geometries have
     them) negative pads."""
     cases = [dict(nd=1, transposed=False, k=(3,), stride=(2,), rd=(2,), n=(11,), groups=1, cin=3, cout=2,
@@ -327,9 +327,9 @@ def test_every_kernel_gradient_path_matches_the_oracle(monkeypatch):
     negative = [((11,), (3,), (2,), ((-2, 3),), (2,)), ((6, 10), (2, 3), (1, 3), ((1, -1), (-1, 2)), (2, 1))]
     rng = np.random.default_rng(3)
     for single_threaded in (False, True):
-        monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', single_threaded)
-        for small in (lowering.SMALL_MACS, 0):
-            monkeypatch.setattr(lowering, 'SMALL_MACS', small)
+        monkeypatch.setattr(lowering.cpu, 'YNN_SINGLE_THREADED', single_threaded)
+        for small in (lowering.kernel_grad.SMALL_MACS, 0):
+            monkeypatch.setattr(lowering.kernel_grad, 'SMALL_MACS', small)
             for case in cases:
                 assert check_case(case)
             for n, k, stride, pads, rd in negative:
@@ -337,7 +337,7 @@ def test_every_kernel_gradient_path_matches_the_oracle(monkeypatch):
                 x = rng.standard_normal((2,) + n + (3,))
                 gy = rng.standard_normal((2,) + geom.out_spatial + (2,))
                 expected = taps_weight_grad(pad_forward(x, pads, 'ZEROS'), gy, stride, rd, k, 3, 1)
-                dw = lowering._weight_grad_any(jnp.asarray(x, jnp.float32), jnp.asarray(gy, jnp.float32),
+                dw = lowering.kernel_grad._weight_grad_any(jnp.asarray(x, jnp.float32), jnp.asarray(gy, jnp.float32),
                                                geom, 1, None)
                 assert_close(dw, expected, f"kernel gradient, pads {pads}")
 
@@ -345,14 +345,14 @@ def test_every_kernel_gradient_path_matches_the_oracle(monkeypatch):
 def test_ynnpack_escape_matches_the_oracle(monkeypatch):
     """jaxlib < 0.12 runs XLA:CPU's YNNPACK convolutions on one thread, and 'lax_vjp' (and 'fold''s
     inner convolution, and every input gradient on that path) pads extra output rows to leave it
-    (lowering._ynn_escape).  Force the escape on every 2-d convolution here, whatever the jaxlib,
+    (lowering.cpu._ynn_escape).  Force the escape on every 2-d convolution here, whatever the jaxlib,
     the channel count or the number of extra rows, and check it against the oracle."""
-    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', True)
-    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MAX_EXTRA', 100.0)
-    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MIN_CHANNELS', 1)
+    monkeypatch.setattr(lowering.cpu, 'YNN_SINGLE_THREADED', True)
+    monkeypatch.setattr(lowering.cpu, 'YNN_ESCAPE_MAX_EXTRA', 100.0)
+    monkeypatch.setattr(lowering.cpu, 'YNN_ESCAPE_MIN_CHANNELS', 1)
     calls = []
-    escape = lowering._ynn_escape
-    monkeypatch.setattr(lowering, '_ynn_escape', lambda *a: calls.append(escape(*a)) or calls[-1])
+    escape = lowering.cpu._ynn_escape
+    monkeypatch.setattr(lowering.cpu, '_ynn_escape', lambda *a: calls.append(escape(*a)) or calls[-1])
     base = dict(nd=2, transposed=False, rd=(1, 1), groups=1, channel_first=False, batch=2, ld=(1, 1),
                 output_padding=(0, 0))
     cases = [dict(base, k=(3, 3), stride=(1, 1), n=(6, 5), cin=3, cout=4, padding='SAME', mode='ZEROS'),
@@ -368,16 +368,16 @@ def test_ynnpack_escape_matches_the_oracle(monkeypatch):
     assert any(c is not None for c in calls)
     # The rule itself: a 2-d SAME 3x3 convolution with 64 channels escapes by one row on one axis;
     # thin, 1x1, 16-bit, 1-d and 3-d ones do not, nor anything lowered for another backend.
-    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MAX_EXTRA', 0.25)
-    monkeypatch.setattr(lowering, 'YNN_ESCAPE_MIN_CHANNELS', 16)
+    monkeypatch.setattr(lowering.cpu, 'YNN_ESCAPE_MAX_EXTRA', 0.25)
+    monkeypatch.setattr(lowering.cpu, 'YNN_ESCAPE_MIN_CHANNELS', 16)
     g = _geometry(2, 32, 3)
     x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
     assert escape(x, w, g.pads, g) is None
-    token = lowering._LOWERING_FOR_CPU.set(True)
+    token = lowering.context._LOWERING_FOR_CPU.set(True)
     try:
         _check_escape_rule(escape, x, w, g, monkeypatch)
     finally:
-        lowering._LOWERING_FOR_CPU.reset(token)
+        lowering.context._LOWERING_FOR_CPU.reset(token)
 
 
 def _check_escape_rule(escape, x, w, g, monkeypatch):
@@ -388,7 +388,7 @@ def _check_escape_rule(escape, x, w, g, monkeypatch):
     assert escape(x, w[:1, :1], g1.pads, g1) is None
     g3 = _geometry(3, 8, 3)
     assert escape(jnp.zeros((1, 8, 8, 8, 64)), jnp.zeros((3, 3, 3, 64, 64)), g3.pads, g3) is None
-    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', False)
+    monkeypatch.setattr(lowering.cpu, 'YNN_SINGLE_THREADED', False)
     assert escape(x, w, g.pads, g) is None
 
 
@@ -442,10 +442,10 @@ def test_cpu_rules(monkeypatch):
     assert lowering.choose(large_dw, 32, 32, 32, 'gpu') == 'lax'
     # thin strided 2-d convolutions (config b) fold to 1-d while YNNPACK runs on one thread
     strided = shapes.conv_geometry((64, 64), (3, 3), (2, 2), 'SAME', (1, 1), (1, 1))
-    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', True)
+    monkeypatch.setattr(lowering.cpu, 'YNN_SINGLE_THREADED', True)
     assert lowering.choose(strided, 1, 3, 32, 'cpu') == 'fold'
     assert lowering.choose(strided, 1, 8, 32, 'cpu') == 'lax_vjp'
-    monkeypatch.setattr(lowering, 'YNN_SINGLE_THREADED', False)
+    monkeypatch.setattr(lowering.cpu, 'YNN_SINGLE_THREADED', False)
     assert lowering.choose(strided, 1, 3, 32, 'cpu') == 'lax_vjp'
 
 
@@ -537,7 +537,7 @@ def test_weight_gradient_chunks_do_not_change_the_result(monkeypatch):
             return jnp.sum(functional.conv(a, b, groups=2, lowering='lax_vjp') ** 2)
         return jax.grad(f, argnums=(0, 1))(x, w)
     whole = grads()
-    monkeypatch.setattr(lowering, 'CHUNK_BYTES', 1)
+    monkeypatch.setattr(lowering.common, 'CHUNK_BYTES', 1)
     chunked = grads()
     assert 'while' in jax.jit(jax.grad(
         lambda b: jnp.sum(functional.conv(x, b, groups=2, lowering='lax_vjp')) ** 2)).lower(w).as_text()

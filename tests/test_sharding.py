@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     import brainconv, brainstate
 
     assert len(jax.devices()) == 4, jax.devices()
-    brainconv.lowering.CHUNK_BYTES = 4096   # force the row-window scans of im2col and the weight gradient
+    brainconv.lowering.common.CHUNK_BYTES = 4096   # force the row-window scans of im2col and the weight gradient
     mesh = Mesh(np.array(jax.devices()), ('data',))
     batch_sharded, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
     layers = {

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .shapes import ConvGeometry, dilated_length, kernel_span
+from ..shapes import ConvGeometry, dilated_length, kernel_span
 
 __all__ = ['forward', 'weight_grad', 'fft_wins', 'taps_too_many', 'fast_size']
 

@@ -1,0 +1,101 @@
+"""When is the event kernel faster than a dense convolution?  The measured cost model the
+run-time density switch (:mod:`brainconv.lowering.event.switch`) reads."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from ...shapes import ConvGeometry
+from .kernels import backend
+from .plan import _plan
+
+__all__ = ['cost_features', 'event_cost', 'dense_cost', 'crossover', 'COST_TERMS', 'EVENT_COST', 'DENSE_COST']
+
+#: The terms of :func:`cost_features`, in order.
+COST_TERMS = ('call', 'scan', 'out', 'pair', 'mac')
+
+#: Seconds per unit of each term of :func:`cost_features`, per backend and map, fitted by
+#: ``benchmarks/bench_event.py`` (least squares on each implementation's fastest round, configs A,
+#: B, C at 0.5-50% density; 2-core AMD EPYC shared with other jobs, jax 0.10.2; worst point
+#: within 21% (cpp forward) to 47% (cpp kernel gradient) of the model).  The per-call term is the
+#: scan-step cost of its ``--overhead`` section (cpp 3-5 µs, numba 30-80 µs).
+EVENT_COST = {
+    ('cpp', 'forward'): (4e-6, 2.25e-10, 2.25e-10, 1.73e-09, 2.41e-11),
+    ('cpp', 'weight_grad'): (4e-6, 4.85e-10, 0.0, 4.39e-10, 4.58e-11),
+    ('numba', 'forward'): (5e-5, 3.28e-10, 3.28e-10, 1.28e-09, 5.9e-11),
+    ('numba', 'weight_grad'): (5e-5, 1.01e-09, 0.0, 1.01e-09, 1.01e-10),
+}
+
+#: Seconds per multiply-accumulate of brainconv's dense formulation on CPU (``'lax_vjp'`` for
+#: dense kernels, ``'taps'`` for depthwise ones), per map; same run (medians over configs).
+DENSE_COST = {
+    ('forward', 'dense'): 1.69e-11, ('forward', 'depthwise'): 1.08e-10,
+    ('weight_grad', 'dense'): 2.25e-11, ('weight_grad', 'depthwise'): 2.54e-10,
+}
+
+
+def _mean_pairs(g: ConvGeometry) -> float:
+    """(tap, output) pairs per input position, averaged over the input (exact, from the plan)."""
+    table = _plan(g)
+    lead = table[table[2] + table[0]] - table[table[2]]
+    last = table[table[4] + table[1]] - table[table[4]]
+    return float(lead) * float(last) / math.prod(g.in_spatial)
+
+
+def cost_features(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, nnz, kind: str = 'forward'):
+    """The terms the event kernels' time is linear in (:data:`COST_TERMS`): one per call; the input
+    scanned for non-zeros (``N * P_in * C_in``); the output written (``N * P_out * C_out``; for the
+    kernel gradient, the kernel's size); the (non-zero, tap) pairs visited (``nnz * pairs``); and
+    the multiply-adds they do (``nnz * pairs * C_out / groups``).  ``nnz`` may be traced."""
+    pairs = _mean_pairs(g)
+    if not isinstance(nnz, (int, float)):
+        nnz = jnp.asarray(nnz).astype(jnp.float32)   # e.g. count_nonzero's int32, traced
+    out = (n_batch * math.prod(g.out_spatial) * cout if kind == 'forward'
+           else math.prod(g.kernel_size) * (cin // groups) * cout)
+    return (1.0, float(n_batch * math.prod(g.in_spatial) * cin), float(out), nnz * pairs,
+            nnz * pairs * (cout // groups))
+
+
+def event_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, nnz, kind: str = 'forward',
+               backend_name: str | None = None):
+    """Predicted seconds of :func:`forward` (``kind='forward'``) or :func:`weight_grad` with ``nnz``
+    non-zero inputs, on ``backend_name`` (default: :func:`backend`)."""
+    coef = EVENT_COST[(backend_name or backend() or 'cpp', kind)]
+    return sum(c * f for c, f in zip(coef, cost_features(g, groups, n_batch, cin, cout, nnz, kind)))
+
+
+def _depthwise(groups: int, cin: int) -> bool:
+    """One input channel per group (a channel multiplier allowed)."""
+    return groups > 1 and cin == groups
+
+
+def dense_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward') -> float:
+    """Predicted seconds of brainconv's dense formulation of the same map (what ``'auto'`` picks on
+    CPU: XLA's convolution, or shift-multiply-add for depthwise kernels)."""
+    macs = n_batch * math.prod(g.out_spatial) * math.prod(g.kernel_size) * (cin // groups) * cout
+    shape = 'depthwise' if _depthwise(groups, cin) else 'dense'
+    return DENSE_COST[(kind, shape)] * macs
+
+
+def crossover(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward',
+              backend_name: str | None = None) -> int:
+    """The number of non-zero inputs up to which the event kernel is predicted to be faster than
+    the dense formulation (0: never): the threshold of the run-time density switch.
+
+    Depthwise kernels (one input channel per group) get 0: the model, fitted to the kernels
+    alone (config B at 1%: event 2.4 ms, ``'taps'`` 4.1 ms, as predicted), does not hold in a
+    layer, where the event path measured slower than the dense default at every density
+    (``benchmarks/bench_event_layers.py``, config B, two runs, jax 0.10.2: forward 10-12 ms
+    against 3.9-4.5 ms at 1-2%, kernel gradient 0.5-1.4x), for reasons not yet found; so the
+    switch runs them densely (``lowering.event_branch('event')`` still forces the kernel)."""
+    if _depthwise(groups, cin):
+        return 0
+    base = event_cost(g, groups, n_batch, cin, cout, 0, kind, backend_name)
+    per_event = event_cost(g, groups, n_batch, cin, cout, 1, kind, backend_name) - base
+    spare = dense_cost(g, groups, n_batch, cin, cout, kind) - base
+    if spare <= 0:
+        return 0
+    total = n_batch * math.prod(g.in_spatial) * cin
+    return int(min(total, spare / per_event)) if per_event > 0 else total
