@@ -27,18 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from . import _args, _braintrace, _init, _units, functional
-from .layers import (
-    _CALL,
-    _DTYPE_ARGS,
-    _SHARED_ARGS,
-    _SHARED_TAIL,
-    Init,
-    IntOrSeq,
-    _ConvBase,
-    _fixed_rank,
-    _materialize,
-    _show_signature,
-)
+from ._base import Init, IntOrSeq, _ConvBase, _fixed_rank, _materialize, _show_signature
+from ._docs import _CALL, _DTYPE_ARGS, _SHARED_ARGS, _SHARED_TAIL
 from .shapes import ConvGeometry, Padding
 
 __all__ = ['LocalConv', 'LocalConv1d', 'LocalConv2d', 'LocalConv3d', 'local_conv']

@@ -17,7 +17,6 @@ state, so a cell runs inside ``brainstate.transform.for_loop`` and is set up by
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence, Tuple, Union
 
 import brainstate
@@ -28,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _args, _braintrace, _units
-from .layers import Conv, _materialize, _show_signature
+from ._base import _fixed_rank, _materialize, _show_signature
+from .layers import Conv
 from .shapes import Padding
 
 __all__ = [
@@ -483,19 +483,7 @@ class ConvGRUCell(_ConvRNNCell):
         return h_new
 
 
-def _fixed_rank(base: type, nd: int) -> type:
-    """``{base}{nd}d``: ``base`` with ``num_spatial_dims`` fixed; same signature otherwise."""
-    cls = type(f'{base.__name__}{nd}d', (base,), {
-        '__init__': functools.partialmethod(base.__init__, nd),
-        '__doc__': _render(base.__name__, nd),
-        '__module__': __name__,
-        '__qualname__': f'{base.__name__}{nd}d',
-    })
-    _show_signature(cls, 1)
-    return cls
-
-
-for _base in (ConvLSTMCell, ConvGRUCell):
-    _show_signature(_base, 1)
-ConvLSTMCell1d, ConvLSTMCell2d, ConvLSTMCell3d = (_fixed_rank(ConvLSTMCell, nd) for nd in (1, 2, 3))
-ConvGRUCell1d, ConvGRUCell2d, ConvGRUCell3d = (_fixed_rank(ConvGRUCell, nd) for nd in (1, 2, 3))
+for _cls in (ConvLSTMCell, ConvGRUCell):
+    _show_signature(_cls, 1)
+ConvLSTMCell1d, ConvLSTMCell2d, ConvLSTMCell3d = (_fixed_rank(ConvLSTMCell, nd, _render) for nd in (1, 2, 3))
+ConvGRUCell1d, ConvGRUCell2d, ConvGRUCell3d = (_fixed_rank(ConvGRUCell, nd, _render) for nd in (1, 2, 3))

@@ -18,20 +18,8 @@ import jax.numpy as jnp
 
 from . import _args, _braintrace, _units, functional
 from . import lowering as _lowering
-from .layers import (
-    _CALL,
-    _DTYPE_ARGS,
-    _LOWERING_ARG,
-    _SHARED_ARGS,
-    _SHARED_TAIL,
-    Init,
-    IntOrSeq,
-    _as_dtype,
-    _ConvBase,
-    _fixed_rank,
-    _materialize,
-    _show_signature,
-)
+from ._base import Init, IntOrSeq, _as_dtype, _ConvBase, _fixed_rank, _materialize, _show_signature
+from ._docs import _CALL, _DTYPE_ARGS, _LOWERING_ARG, _SHARED_ARGS, _SHARED_TAIL
 from .shapes import Padding
 
 __all__ = ['SeparableConv', 'SeparableConv1d', 'SeparableConv2d', 'SeparableConv3d']
