@@ -19,7 +19,9 @@ import pytest
 
 import brainconv
 
-# name -> (constructor, input size without batch)
+# name -> constructor.  Every formulation runs every kind here: between them they give each
+# formulation every core geometry it meets (strided, grouped, depthwise, lhs-dilated, 1-, 2-, 3-d,
+# anisotropic stride) and the layer-level paths around it (padding modes, channel-first, bias).
 LAYERS = {
     'conv-stride-circular': lambda: brainconv.Conv2d((5, 4, 2), 3, 3, stride=2, padding_mode='CIRCULAR'),
     'grouped-dilated': lambda: brainconv.Conv2d((6, 5, 4), 4, 2, groups=2, rhs_dilation=2, padding='VALID'),
@@ -27,12 +29,18 @@ LAYERS = {
     'transposed': lambda: brainconv.ConvTranspose2d((3, 3, 2), 2, 3, stride=2),
     'transposed-circular-grouped-1d': lambda: brainconv.ConvTranspose1d((4, 2), 2, 3, stride=2, groups=2,
                                                                         padding_mode='CIRCULAR'),
-    'scaled-ws': lambda: brainconv.ScaledWSConv2d((4, 4, 2), 2, 3),
+    'conv2d': lambda: brainconv.Conv2d((4, 4, 2), 2, 3),
     'nd-causal-lhs-dilated': lambda: brainconv.Conv(1, (5, 2), 3, 3, padding='CAUSAL', lhs_dilation=2,
                                                     rhs_dilation=2, stride=2),
     'conv3d': lambda: brainconv.Conv3d((4, 3, 4, 2), 2, 2, stride=(2, 1, 1)),
     'reflect-channel-first': lambda: brainconv.Conv2d((2, 5, 5), 3, 3, stride=(1, 2), channel_first=True,
                                                       padding_mode='REFLECT'),
+}
+
+# Layer kinds whose extra work sits above the convolution (a kernel transform the same for every
+# formulation, whose core geometry a kind above already has): run under the formulation 'auto' picks.
+FEATURE_LAYERS = {
+    'scaled-ws': lambda: brainconv.ScaledWSConv2d((4, 4, 2), 2, 3),
 }
 
 FORMULATIONS = [name for name in brainconv.LOWERINGS if name != 'lax']
@@ -80,7 +88,7 @@ def _reference(kind):
     """``'lax'``'s results for one layer kind (computed once per test process)."""
     if kind not in _REFERENCE:
         brainstate.random.seed(7)
-        layer = LAYERS[kind]()
+        layer = {**LAYERS, **FEATURE_LAYERS}[kind]()
         x = jnp.asarray(np.random.default_rng(3).standard_normal((2,) + layer.in_size), jnp.float32)
         _REFERENCE[kind] = layer, x, _run(layer, 'lax', x)
     return _REFERENCE[kind]
@@ -105,6 +113,14 @@ def test_every_transform_matches_lax(kind, lowering):
     _assert_close(got, want, f"{kind} / {lowering}")
 
 
+@pytest.mark.parametrize('kind', list(FEATURE_LAYERS))
+def test_layer_features_under_every_transform(kind):
+    layer, x, want = _reference(kind)
+    lowering = layer.lowering
+    assert lowering != 'lax'
+    _assert_close(_run(layer, lowering, x), want, f"{kind} / {lowering}")
+
+
 def test_the_reference_is_not_trivial():
     """The checks above compare non-zero, distinct results (a broken rule returning zeros would not pass)."""
     _, _, want = _reference('depthwise-bias')
@@ -117,7 +133,7 @@ def test_the_reference_is_not_trivial():
 
 def test_auto_picks_a_transformable_formulation():
     """'auto' is one of the formulations above on every layer kind (so the matrix covers it)."""
-    for kind, make in LAYERS.items():
+    for kind, make in {**LAYERS, **FEATURE_LAYERS}.items():
         layer = make()
         assert layer.lowering in brainconv.LOWERINGS, kind
 
