@@ -279,10 +279,9 @@ def input_array(x: Any, in_size: Sequence[int], layer: str) -> int:
 
 
 def is_spikes(x: Any) -> bool:
-    """Whether an input is spikes by its type: a boolean or integer array, or a brainevent
-    ``BinaryArray`` (detected without importing brainevent)."""
-    if type(x).__name__ == 'BinaryArray' and type(x).__module__.split('.')[0] == 'brainevent':
-        return True
+    """Whether an input (as :func:`brainconv._units.split` gives it: a list made an array, a
+    brainevent ``BinaryArray`` its boolean non-zeros) is spikes by its type: a boolean or integer
+    array."""
     dtype = getattr(x, 'dtype', None)
     return dtype is not None and (np.issubdtype(np.dtype(dtype), np.integer) or np.dtype(dtype) == np.bool_)
 

@@ -165,7 +165,7 @@ class _ConvBase(brainstate.nn.Module):
         raw = {k: _units.split(v)[0] for k, v in params.items()}
         out_unit = _units.product(x_unit, self._kernel_unit(params))
         scale = _units.bias_scale(params['bias'], out_unit, name) if 'bias' in params else None
-        with _lowering.spike_input(_args.is_spikes(x)):
+        with _lowering.spike_input(_args.is_spikes(xm)):
             y = _braintrace.apply(self, xm, raw, scale, num_batch, block)
         return _units.attach(y, out_unit)
 

@@ -109,6 +109,10 @@ def apply(layer: Any, x: Any, raw: Dict[str, Any], bias_scale: float | None, num
     prims = _PRIMITIVES.get(layer)
     if prims is None:
         prims = _PRIMITIVES[layer] = _make_primitives(layer)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        # boolean or integer spikes enter as floats: braintrace keeps traces of the input and takes
+        # vector-Jacobian products at it; that they are spikes is in the context bound with them
+        x = x.astype(jnp.result_type(*raw.values()))
     return prims[num_batch > 0].bind(x, *raw.values(), names=tuple(raw), bias_scale=bias_scale, block=block,
                                      context=trace_context())
 

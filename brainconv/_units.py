@@ -17,12 +17,14 @@ def split(x: Any) -> Tuple[Any, u.Unit | None]:
     """``(mantissa, unit)``; the unit is None for a plain array or a dimensionless Quantity.
 
     A Python list or tuple (nested) becomes an array here, as ``jax.numpy`` reads it: every
-    layer and op takes its inputs through this function.
+    layer and op takes its inputs through this function.  A brainevent ``BinaryArray`` becomes the
+    boolean array of its non-zeros: a spike is a spike of 1, whatever value marks it (brainevent's
+    own operations read it so).
     """
     if isinstance(x, (list, tuple)):
         return jnp.asarray(x), None
     if type(x).__name__ == 'BinaryArray' and type(x).__module__.split('.')[0] == 'brainevent':
-        return x.value, None  # brainevent's spikes: their array (the layers read them as spikes, _args.is_spikes)
+        return jnp.asarray(x.value) != 0, None
     if isinstance(x, u.Quantity):
         unit = x.unit
         if unit.is_unitless:

@@ -230,8 +230,8 @@ def conv(
     ``kernel`` may be brainunit Quantities, as for the layers: the result is in
     unit(x) * unit(kernel).
     """
-    spikes = _args.is_spikes(x)
     (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
+    spikes = _args.is_spikes(x)
     nd = jnp.ndim(kernel) - 2
     spec = _args.conv_spec(nd, _in_size(x, nd), kernel.shape[nd + 1], kernel.shape[:nd], stride, padding,
                            lhs_dilation, rhs_dilation, groups, padding_mode, channel_first)
@@ -254,8 +254,8 @@ def conv_transpose(
 
     The arguments mean what they mean for :class:`brainconv.ConvTranspose`; units as for :func:`conv`.
     """
-    spikes = _args.is_spikes(x)
     (x, x_unit), (kernel, k_unit) = _units.split(x), _units.split(kernel)
+    spikes = _args.is_spikes(x)
     nd = jnp.ndim(kernel) - 2
     spec = _args.conv_transpose_spec(nd, _in_size(x, nd), kernel.shape[nd], kernel.shape[:nd], stride, padding,
                                      rhs_dilation, groups, output_padding, padding_mode, channel_first)

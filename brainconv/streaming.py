@@ -183,6 +183,7 @@ class StreamingConv(brainstate.nn.Module):
         state = self._buffer_state()
         xm = _units.mantissa_in(x, self._unit, f'{name} input')
         nb = _args.input_array(xm, self.in_size, name)
+        spikes = _args.is_spikes(xm)
         buf, _ = _units.split(state.value)
         _args.state_batch(jnp.shape(xm), self.in_size, buf.shape[:buf.ndim - len(self.state_size)], name)
         xm = jnp.asarray(xm, buf.dtype)
@@ -193,7 +194,7 @@ class StreamingConv(brainstate.nn.Module):
         raw = {k: _units.split(v)[0] for k, v in params.items()}
         out_unit = _units.product(self._unit, conv._kernel_unit(params))
         scale = _units.bias_scale(params['bias'], out_unit, name) if 'bias' in params else None
-        with _lowering.spike_input(_args.is_spikes(x)):
+        with _lowering.spike_input(spikes):
             y = _braintrace.apply(self, taps, raw, scale, nb)
         return _units.attach(y, out_unit)
 

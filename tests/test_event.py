@@ -274,3 +274,26 @@ def test_the_switch_reads_a_sample_of_large_inputs():
     one_channel[..., 5] = 1.0
     estimate = float(_lowering.nonzero_estimate(jnp.asarray(one_channel)))
     assert abs(estimate - one_channel.sum()) <= 0.05 * one_channel.sum()
+
+
+def test_a_nested_list_of_bools_is_spikes():
+    """A list input becomes an array before the spike check: a nested list of bools takes the
+    event path as the boolean array does, and gives its numbers."""
+    layer = brainconv.Conv2d((5, 5, 2), 3, 3, w_init=cheap_init())
+    x = _spikes((1, 5, 5, 2), 0.3, seed=4)
+    as_list = x.astype(bool).tolist()
+    assert _runs_event(layer, as_list)
+    np.testing.assert_allclose(layer(as_list), _expected(layer, x), **TOL)
+
+
+def test_a_binary_array_is_its_non_zeros():
+    """brainevent's BinaryArray means what brainevent means: any non-zero is a spike of 1."""
+    import brainevent
+
+    layer = brainconv.Conv2d((5, 5, 2), 3, 3, w_init=cheap_init())
+    x = _spikes((1, 5, 5, 2), 0.3, seed=5)
+    marked = np.where(x != 0, np.float32(0.5), np.float32(0))          # spikes marked 0.5, and -2 below
+    marked[0, 0, 0, 0] = -2.0
+    ones = (marked != 0).astype(np.float32)
+    assert _runs_event(layer, brainevent.BinaryArray(jnp.asarray(marked)))
+    np.testing.assert_allclose(layer(brainevent.BinaryArray(jnp.asarray(marked))), _expected(layer, ones), **TOL)

@@ -15,6 +15,7 @@ compilation per kernel and dtype (both cached on disk).
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 
@@ -163,7 +164,7 @@ def test_plan_is_small_and_cached():
     assert table.size <= 7 + lead + last < 2 * 64 ** 3 * 27 // 100       # under 1% of a flat table
 
 
-def test_backend_resolution(monkeypatch):
+def test_backend_resolution(monkeypatch, tmp_path):
     """'auto' prefers C++; a backend that cannot build resolves to None with a warning, and
     available() then says False instead of raising."""
     import importlib.util
@@ -174,8 +175,10 @@ def test_backend_resolution(monkeypatch):
     with pytest.warns(RuntimeWarning, match='numba is not installed'):
         assert _event._resolve_now('numba') is None
     monkeypatch.setenv('CXX', '/nonexistent/c++')
+    monkeypatch.setenv('BRAINCONV_CACHE_DIR', str(tmp_path / 'cold'))      # no library cached anywhere
+    monkeypatch.setattr(_event, '_fallback_dir', lambda: tmp_path / 'fallback')
     monkeypatch.setattr(_event, '_cpp_library', _event._cpp_library.__wrapped__)
-    with pytest.warns(RuntimeWarning, match='cpp: FileNotFoundError'):
+    with pytest.warns(RuntimeWarning, match='cpp: RuntimeError: running the C\\+\\+ compiler /nonexistent'):
         assert _event._resolve_now('cpp') is None
     monkeypatch.setattr(_event, 'BACKEND', 'fortran')
     assert _event.available() is False
@@ -195,6 +198,52 @@ def test_cpp_library_is_cached():
     assert path.parent.parent == _event.cache_dir() and path.exists()
     stamp = path.stat().st_mtime_ns
     assert _event._cpp_library_path() == path and path.stat().st_mtime_ns == stamp
+
+
+def _cached_library():
+    if _event._resolve('cpp') is None:
+        pytest.skip('no C++ compiler here')
+    return _event._cpp_library_path()
+
+
+def test_a_cached_library_loads_without_a_compiler(monkeypatch):
+    """A machine with the library in its cache but no compiler on PATH still runs C++ kernels."""
+    path = _cached_library()
+
+    def no_compiler():
+        raise RuntimeError("no C++ compiler found")
+    monkeypatch.setattr(_event, '_compiler', no_compiler)
+    monkeypatch.setattr(_event, '_cpp_library', _event._cpp_library.__wrapped__)
+    assert _event._cpp_library_path() == path
+    assert _event._resolve_now('cpp') == 'cpp'
+
+
+def test_a_read_only_cache_builds_elsewhere_and_says_so(monkeypatch, tmp_path):
+    """A cache folder that cannot be written: the library is built in a temporary folder, with a
+    warning naming both (the compiler is stood in for by a copy of the cached library)."""
+    cached = _cached_library()
+    blocker = tmp_path / 'not-a-folder'
+    blocker.write_text('')
+    monkeypatch.setenv('BRAINCONV_CACHE_DIR', str(blocker / 'cache'))    # mkdir under a file fails
+    monkeypatch.setattr(_event, '_fallback_dir', lambda: tmp_path / 'fallback')
+    monkeypatch.setattr(_event, '_compile', lambda cxx, out: shutil.copyfile(cached, out))
+    with pytest.warns(RuntimeWarning, match='cannot be written.*fallback'):
+        path = _event._cpp_library_path()
+    assert path == tmp_path / 'fallback' / cached.name and path.exists()
+
+
+def test_auto_says_once_why_it_skips_cpp(monkeypatch):
+    """'auto' falling back from C++ to Numba warns with the reason."""
+    pytest.importorskip('numba')
+    probe = _event._probe
+
+    def failing(name):
+        if name == 'cpp':
+            raise RuntimeError('no C++ compiler found')
+        return probe(name)
+    monkeypatch.setattr(_event, '_probe', failing)
+    with pytest.warns(RuntimeWarning, match='run on numba, not C.*no C\\+\\+ compiler found'):
+        assert _event._resolve_now('auto') == 'numba'
 
 
 def test_import_brainconv_does_not_import_numba():

@@ -543,3 +543,18 @@ def test_weight_gradient_chunks_do_not_change_the_result(monkeypatch):
         lambda b: jnp.sum(functional.conv(x, b, groups=2, lowering='lax_vjp')) ** 2)).lower(w).as_text()
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_an_empty_batch_has_zero_kernel_gradients(name):
+    """A batch of zero examples: the forward is empty and every kernel gradient is zero, in every
+    formulation (the loop over taps once divided by the batch size)."""
+    layers = [brainconv.Conv2d((6, 6, 3), 4, 3, lowering=name), brainconv.Conv3d((4, 4, 4, 2), 3, 3, lowering=name),
+              brainconv.ConvTranspose2d((4, 4, 3), 2, 3, stride=2, lowering=name),
+              brainconv.Conv1d((8, 4), 4, 3, groups=2, lowering=name)]
+    for layer in layers:
+        x = jnp.zeros((0,) + layer.in_size)
+        y, grads = jax.value_and_grad(lambda p, layer=layer: jnp.sum(layer.apply(p, x) ** 2))(layer.weight.value)
+        assert float(y) == 0.0
+        assert grads['weight'].shape == layer.weight.value['weight'].shape
+        assert not np.any(np.asarray(grads['weight'])), type(layer).__name__

@@ -63,6 +63,8 @@ def _conv_impl(x, w, *, geometry, groups, formulation, precision):
 
 
 def _weight_grad_impl(x, gy, *, geometry, groups, formulation, precision):
+    if x.shape[0] == 0:   # an empty batch: no formulation need handle it (the loop over taps divides by it)
+        return jnp.zeros(tuple(geometry.kernel_size) + (x.shape[-1] // groups, gy.shape[-1]), x.dtype)
     return FORMULATIONS[formulation].weight_grad(x, gy, geometry, groups, precision)
 
 

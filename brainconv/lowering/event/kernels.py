@@ -111,33 +111,66 @@ def _compiler() -> str:
     return cxx
 
 
-def _cpp_library_path() -> Path:
-    """The compiled library for this source, compiler, jaxlib and CPU; compiled if absent (into a
-    temporary file, then renamed, so concurrent processes never load a partial library)."""
-    source = Path(__file__).with_name('_event.cc')
-    cxx = _compiler()
-    include = jax.ffi.include_dir()
-    version = subprocess.run([cxx, '--version'], capture_output=True, text=True, check=True).stdout
+def _library_name() -> str:
+    """The file name of the compiled library for this source, flags, jaxlib (its FFI header) and
+    CPU (``-march=native``).  The compiler is not part of it: a library one compiler built serves
+    as well as another's, and a machine without a compiler still loads a cached one."""
     key = hashlib.sha256()
-    for part in (source.read_bytes(), version.encode(), ' '.join(CXXFLAGS).encode(), jax.lib.__version__.encode(),
-                 Path(include, 'xla', 'ffi', 'api', 'ffi.h').read_bytes(), _cpu_identity().encode()):
+    for part in (Path(__file__).with_name('_event.cc').read_bytes(), ' '.join(CXXFLAGS).encode(),
+                 jax.lib.__version__.encode(), Path(jax.ffi.include_dir(), 'xla', 'ffi', 'api', 'ffi.h').read_bytes(),
+                 _cpu_identity().encode()):
         key.update(part)
         key.update(b'\0')
-    path = cache_dir() / 'event' / f'brainconv_event_{key.hexdigest()[:20]}.so'
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        out = Path(tmp) / path.name
-        for flags in (CXXFLAGS, tuple(f for f in CXXFLAGS if not f.startswith('-march'))):
+    return f'brainconv_event_{key.hexdigest()[:20]}.so'
+
+
+def _fallback_dir() -> Path:
+    """Where the library is built when :func:`cache_dir` cannot be written: a per-user temporary folder."""
+    return Path(tempfile.gettempdir()) / f'brainconv-{os.getuid() if hasattr(os, "getuid") else "user"}' / 'event'
+
+
+def _cpp_library_path() -> Path:
+    """The compiled library: loaded from :func:`cache_dir` (or the temporary fallback) if it is
+    there, else compiled (into a temporary file, then renamed, so concurrent processes never load
+    a partial library), into the cache, or where that cannot be written, into the fallback with a
+    warning (it is then rebuilt whenever the temporary folder is cleared)."""
+    name = _library_name()
+    places = [cache_dir() / 'event', _fallback_dir()]
+    for place in places:
+        if (place / name).exists():
+            return place / name
+    cxx = _compiler()
+    for i, place in enumerate(places):
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=place) as tmp:
+                out = Path(tmp) / name
+                _compile(cxx, out)
+                os.replace(out, place / name)
+        except OSError as exc:   # a read-only or missing cache: the next place
+            if i + 1 == len(places):
+                raise
+            warnings.warn(f"brainconv's event-kernel cache {place} cannot be written ({exc}); building the C++ "
+                          f"library in {places[i + 1]} instead (set BRAINCONV_CACHE_DIR to a writable folder to "
+                          f"keep it)", RuntimeWarning, stacklevel=2)
+            continue
+        return place / name
+    raise AssertionError('unreachable')  # pragma: no cover
+
+
+def _compile(cxx: str, out: Path) -> None:
+    """Compile ``_event.cc`` into ``out`` (without ``-march=native`` where the compiler refuses it)."""
+    source = Path(__file__).with_name('_event.cc')
+    include = jax.ffi.include_dir()
+    for flags in (CXXFLAGS, tuple(f for f in CXXFLAGS if not f.startswith('-march'))):
+        try:
             done = subprocess.run([cxx, *flags, f'-I{include}', str(source), '-o', str(out)], capture_output=True,
                                   text=True)
-            if done.returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"compiling {source.name} with {cxx} failed:\n{done.stderr[-2000:]}")
-        os.replace(out, path)
-    return path
+        except OSError as exc:   # the compiler itself cannot run: not a cache problem
+            raise RuntimeError(f"running the C++ compiler {cxx} failed: {exc}") from exc
+        if done.returncode == 0:
+            return
+    raise RuntimeError(f"compiling {source.name} with {cxx} failed:\n{done.stderr[-2000:]}")
 
 
 @functools.cache
@@ -236,9 +269,13 @@ def _resolve_now(choice: str) -> str | None:
             continue
         try:
             _probe(name)
-            return name
         except Exception as exc:  # noqa: BLE001 - any failure means "this backend is not available"
             reasons.append(f'{name}: {type(exc).__name__}: {exc}')
+            continue
+        if reasons:   # 'auto' skipped the C++ kernels: say why, once (this is cached per choice)
+            warnings.warn(f"brainconv's event kernels run on {name}, not C++ ({'; '.join(reasons)})", RuntimeWarning,
+                          stacklevel=3)
+        return name
     warnings.warn(f"brainconv's event kernels are unavailable ({'; '.join(reasons)})", RuntimeWarning, stacklevel=3)
     return None
 
