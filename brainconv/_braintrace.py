@@ -58,6 +58,8 @@ _MIXING = '_RECURRENT_WEIGHT_MIXING_PRIMITIVES'
 _STATE: Dict[str, Any] = {'mixing': False, 'limit': None}
 #: layer -> (ETP primitive for unbatched inputs, ETP primitive for batched inputs)
 _PRIMITIVES: weakref.WeakKeyDictionary[Any, Tuple[Any, Any]] = weakref.WeakKeyDictionary()
+#: ETP primitive -> a function returning the layer it belongs to (what the network-wide memory check reads)
+_OWNERS: Dict[Any, Callable[[], Any]] = {}
 
 
 class TraceMemoryError(MemoryError):
@@ -273,9 +275,6 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     def trainables(params):
         return {name: i + 1 for i, name in enumerate(params['names'])}
 
-    def layout(weights) -> Dict[str, Trace]:
-        return {k: v for k, v in owner()._etrace_layout().items() if k in weights}
-
     def xy_to_dw(x, df, weights, *, names, bias_scale, block, context):
         y, pullback = jax.vjp(lambda *a: impl(x, *a, names=names, bias_scale=bias_scale, block=block,
                                                    context=context),
@@ -293,16 +292,8 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
                 f"0.2.8), which this braintrace {getattr(braintrace, '__version__', '?')} lacks; use pp_prop, "
                 f"or set etrace = False on the layer")
         lay = owner()
-        y_shape = tuple(y_var.aval.shape)
-        nb = len(y_shape) - len(lay.out_size)
-        lead, out_channels = y_shape[:nb], y_shape[nb if lay.channel_first else -1]
-        dtype = jnp.result_type(x_var.aval.dtype, y_var.aval.dtype, *(v.aval.dtype for v in weight_vars.values()))
-        shapes = {}
-        for k, t in layout(weight_vars).items():
-            shape = list(weight_vars[k].aval.shape)
-            if t.channel_axis is not None:  # only the channels this operation computes (a gate's block)
-                shape[t.channel_axis % len(shape)] = out_channels
-            shapes[k] = trace_shape(lay, lead, tuple(shape), t, out_channels)
+        shapes, dtype = _trace_shapes(lay, x_var, y_var, weight_vars)
+        _check_network_memory()
         _check_memory(lay, shapes, num_state, jnp.dtype(dtype).itemsize)
         return {k: jnp.zeros(s + (num_state,), dtype) for k, s in shapes.items()}
 
@@ -370,6 +361,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     for batched in (False, True):
         p = braintrace.register_primitive(label + ('_batched' if batched else ''), impl, batched=batched,
                                           trainable_invars_fn=trainables, x_invar_index=0)
+        _OWNERS[p] = owner
         p.register_etp_rules(xy_to_dw=xy_to_dw, init_pp=init_pp, init_drtrl=init_drtrl, dt_to_t=dt_to_t)
         if registries is not None:
             registries.ETP_RULES_INSTANT_DRTRL[p] = instant
@@ -400,6 +392,71 @@ def _private_registries() -> Any:
     if not all(hasattr(_registries, n) for n in ('ETP_RULES_INSTANT_DRTRL', 'ETP_RULES_SOLVE_DRTRL')):
         return None
     return _registries
+
+
+def _trace_shapes(layer: Any, x_var: Any, y_var: Any, weight_vars: Dict[str, Any]) -> Tuple[Dict[str, Tuple], Any]:
+    """The shape of D_RTRL's exact trace of each raw array (without the hidden-state axis), and its dtype."""
+    y_shape = tuple(y_var.aval.shape)
+    nb = len(y_shape) - len(layer.out_size)
+    lead, out_channels = y_shape[:nb], y_shape[nb if layer.channel_first else -1]
+    dtype = jnp.result_type(x_var.aval.dtype, y_var.aval.dtype, *(v.aval.dtype for v in weight_vars.values()))
+    shapes = {}
+    for k, t in layer._etrace_layout().items():
+        if k not in weight_vars:
+            continue
+        shape = list(weight_vars[k].aval.shape)
+        if t.channel_axis is not None:  # only the channels this operation computes (a gate's block)
+            shape[t.channel_axis % len(shape)] = out_channels
+        shapes[k] = trace_shape(layer, lead, tuple(shape), t, out_channels)
+    return shapes, dtype
+
+
+def _relations_being_initialised() -> Any:
+    """The hidden-parameter relations of the network whose traces braintrace is initialising now,
+    read from the caller's frames (its algorithm's ``init_etrace_state`` loops over them, calling
+    each operation's ``init_drtrl``); None where no such frame is found."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == 'init_etrace_state':
+            graph = getattr(frame.f_locals.get('self'), 'graph', None)
+            relations = getattr(graph, 'hidden_param_op_relations', None)
+            if relations is not None:
+                return relations
+        frame = frame.f_back
+    return None
+
+
+def _check_network_memory() -> None:
+    """Raise :class:`TraceMemoryError` if the exact D_RTRL traces of every brainconv layer of the
+    network being initialised need more than the limit together (checked before any of them is
+    allocated; each layer alone is checked by :func:`_check_memory`)."""
+    relations = _relations_being_initialised()
+    if relations is None:
+        return
+    sizes: Dict[str, int] = {}
+    total = 0
+    for relation in relations:
+        owner = _OWNERS.get(relation.primitive)
+        layer = owner() if owner is not None else None
+        if layer is None:
+            continue
+        shapes, dtype = _trace_shapes(layer, relation.x_var, relation.y_var, relation.trainable_vars)
+        width = sum(getattr(g, 'trace_state_width', len(g.hidden_states)) for g in relation.hidden_groups)
+        nbytes = sum(math.prod(sh) for sh in shapes.values()) * width * jnp.dtype(dtype).itemsize
+        name = f"{'.'.join(map(str, next(iter(relation.trainable_paths.values()), ('?',))[:-1]))} " \
+               f"({type(layer).__name__})"
+        sizes[name] = sizes.get(name, 0) + nbytes
+        total += nbytes
+    limit = get_trace_memory_limit()
+    if total <= limit or len(sizes) < 2:
+        return
+    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    raise TraceMemoryError(
+        f"D_RTRL's exact eligibility traces of this network's {len(sizes)} brainconv layers need {_human(total)} "
+        f"together, more than the limit of {_human(limit)} (brainconv.set_trace_memory_limit); the largest: "
+        + ', '.join(f"{n} {_human(b)}" for n, b in largest)
+        + ". Ways out: train with braintrace.pp_prop (ES_D_RTRL), whose traces are shaped like the outputs; a "
+          "smaller batch; or keep the largest layers' weights non-temporal with layer.etrace = False")
 
 
 def _check_memory(layer: Any, shapes: Dict[str, Tuple[int, ...]], num_state: int, itemsize: int) -> None:

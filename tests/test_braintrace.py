@@ -257,6 +257,32 @@ def test_a_trace_that_does_not_fit_is_refused(xs):
         brainconv.set_trace_memory_limit(-1)
 
 
+class _TwoLayers(brainstate.nn.Module):
+    def __init__(self, a, b):
+        super().__init__()
+        self.first, self.second = a, b
+        self.lif_a, self.lif_b = _lif(a.out_size), _lif(b.out_size)
+
+    def update(self, x):
+        sa, sb = self.lif_a(self.first(x)), self.lif_b(self.second(x))
+        return jnp.concatenate([jnp.reshape(sa, (sa.shape[0], -1)), jnp.reshape(sb, (sb.shape[0], -1))], axis=-1)
+
+
+def test_the_traces_of_the_whole_network_are_checked_together(xs):
+    """Two layers whose exact traces (40.5 KiB each) fit the limit alone but not together: refused at
+    compile, naming the largest; under a limit that holds both, the network compiles."""
+    a, b = (brainconv.Conv2d(IN, 4, 3, w_init=_init(s)) for s in (22, 23))
+    _braintrace.set_trace_memory_limit(60 * 1024)
+    try:
+        message = r'(?s)2 brainconv layers need 81.0 KiB together.*limit of 60.0 KiB.*first \(Conv2d\) 40.5 KiB'
+        with pytest.raises(brainconv.TraceMemoryError, match=message):
+            braintrace.compile(_TwoLayers(a, b), braintrace.D_RTRL, xs[0], batch_size=BATCH)
+        _braintrace.set_trace_memory_limit(90 * 1024)
+        braintrace.compile(_TwoLayers(a, b), braintrace.D_RTRL, xs[0], batch_size=BATCH)
+    finally:
+        _braintrace.set_trace_memory_limit(None)
+
+
 def test_braintrace_private_names_are_still_there():
     """brainconv fills private braintrace registries (no public setter in 0.2.8): fail loudly when
     braintrace renames them, instead of silently losing exactness or the hidden grouping."""

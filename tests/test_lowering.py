@@ -554,7 +554,7 @@ def test_an_empty_batch_has_zero_kernel_gradients(name):
               brainconv.Conv1d((8, 4), 4, 3, groups=2, lowering=name)]
     for layer in layers:
         x = jnp.zeros((0,) + layer.in_size)
-        y, grads = jax.value_and_grad(lambda p, layer=layer: jnp.sum(layer.apply(p, x) ** 2))(layer.weight.value)
+        y, grads = jax.value_and_grad(lambda p, layer=layer, x=x: jnp.sum(layer.apply(p, x) ** 2))(layer.weight.value)
         assert float(y) == 0.0
         assert grads['weight'].shape == layer.weight.value['weight'].shape
         assert not np.any(np.asarray(grads['weight'])), type(layer).__name__
