@@ -21,27 +21,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from _common import CONFIGS, best_of, compiled, conv_data, med
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The layer configs of bench_cpu.py (a-f, h), as constructor arguments.
-CONFIGS = {
-    'a': dict(nd=2, spatial=(32, 32), cin=64, cout=64, k=3, batch=32, kw=dict(padding=1)),
-    'b': dict(nd=2, spatial=(64, 64), cin=3, cout=32, k=3, batch=32, kw=dict(stride=2)),
-    'c': dict(nd=2, spatial=(32, 32), cin=128, cout=128, k=3, batch=32, kw=dict(groups=128)),
-    'd': dict(nd=1, spatial=(1024,), cin=32, cout=64, k=5, batch=32, kw=dict(padding=4, rhs_dilation=2)),
-    'e': dict(nd=3, spatial=(16, 16, 16), cin=8, cout=16, k=3, batch=8, kw=dict()),
-    'f': dict(nd=2, spatial=(16, 16), cin=64, cout=32, k=3, batch=32, kw=dict(stride=2), transposed=True),
-    'h-circ': dict(nd=2, spatial=(32, 32), cin=64, cout=64, k=3, batch=32, kw=dict(padding=1, padding_mode='CIRCULAR')),
-    'h-refl': dict(nd=2, spatial=(32, 32), cin=64, cout=64, k=3, batch=32, kw=dict(padding=1, padding_mode='REFLECT')),
-}
+#: The configs of bench_cpu.py (_common.CONFIGS) compared by default: a-f and h.
+KEYS = ('a', 'b', 'c', 'd', 'e', 'f', 'h-circ', 'h-refl')
 
 
 def _extract(rev: str, into: str) -> None:
@@ -50,35 +42,18 @@ def _extract(rev: str, into: str) -> None:
     os.rename(os.path.join(into, 'brainconv'), os.path.join(into, 'brainconv_old'))
 
 
-def _layer(module, cfg):
-    cls = module.ConvTranspose if cfg.get('transposed') else module.Conv
-    return cls(cfg['nd'], cfg['spatial'] + (cfg['cin'],), cfg['cout'], cfg['k'], **cfg['kw'])
-
-
 def _program(fn, *args) -> str:
     """The optimised HLO of ``jax.jit(fn)`` without debug metadata and instruction numbering."""
-    import jax
-    text = jax.jit(fn).lower(*args).compile().as_text()
+    text = compiled(fn, *args)[0].as_text()
     text = text[text.index('HloModule'):].split('FileNames')[0]
     text = re.sub(r'metadata=\{[^}]*\}|, stack_frame_id=\d+', '', text)
     return re.sub(r'\.\d+', '', text)
 
 
-def _best_of(fn, args, reps):
-    import jax
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--old', required=True, help='git revision of the older brainconv')
-    parser.add_argument('--configs', default=','.join(CONFIGS), help='comma-separated subset of ' + ','.join(CONFIGS))
+    parser.add_argument('--configs', default=','.join(KEYS), help='comma-separated subset of ' + ','.join(KEYS))
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--reps', type=int, default=5, help='timed calls per measurement (the best is kept)')
     parser.add_argument('--same-program', action='store_true', help='compare the compiled programs first')
@@ -90,17 +65,15 @@ def main(argv=None) -> int:
     import brainconv_old
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import brainconv
 
     print(f"new / old (old = {args.old}); medians of {args.rounds} interleaved rounds; < 1: new is faster")
     for key in args.configs.split(','):
         cfg = CONFIGS[key]
-        new, old = _layer(brainconv, cfg), _layer(brainconv_old, cfg)
+        new, old = cfg.layer(brainconv), cfg.layer(brainconv_old)
         old.weight.value = new.weight.value
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((cfg['batch'],) + cfg['spatial'] + (cfg['cin'],)),
-                        jnp.float32)
+        x = jnp.asarray(conv_data(cfg)[0])
         fns = {}
         for name, layer in (('new', new), ('old', old)):
             fns[name, 'fwd'] = layer.apply
@@ -116,10 +89,11 @@ def main(argv=None) -> int:
         for i in range(args.rounds):
             for mode in ratios:
                 order = ('new', 'old') if i % 2 == 0 else ('old', 'new')
-                t = {name: _best_of(fns[name, mode], (new.weight.value, x), args.reps) for name in order}
+                t = {name: best_of(functools.partial(fns[name, mode], new.weight.value, x), args.reps)
+                     for name in order}
                 ratios[mode].append(t['new'] / t['old'])
         if args.rounds:
-            fwd, fb = statistics.median(ratios['fwd']), statistics.median(ratios['fb'])
+            fwd, fb = med(ratios['fwd']), med(ratios['fb'])
             print(f"{key}: forward {fwd:.2f}  fwd+bwd {fb:.2f}   (new runs as {new.lowering})", flush=True)
     return 0
 

@@ -23,13 +23,26 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
+from _common import LoadMonitor, best_of, med, one_call, time_group
+
+
+class BestOf:
+    """A compiled training step as time_group times it: the best of ``reps`` calls (in its one mode, 'fwd')."""
+
+    def __init__(self, fn, reps: int):
+        self.fwd, self._reps = fn, reps
+
+    def reps(self, mode, target_s):
+        return self._reps
+
+    def time(self, mode, reps):
+        return best_of(self.fwd, reps, warmup=False)
 
 
 def main(argv=None) -> int:
@@ -117,46 +130,17 @@ def main(argv=None) -> int:
             return learner.etrace_grad(xs, ys, step_fn=lambda x, y: xent(learner(x), y))
         return step, memory
 
-    mm_a = jnp.asarray(rng.standard_normal((768, 768)).astype(np.float32))
-    mm = jax.jit(lambda a: a @ a)
-
-    def best_of(fn, reps):
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    reference = lambda: best_of(lambda: mm(mm_a), 3)  # noqa: E731
-    jax.block_until_ready(mm(mm_a))
-    quietest = min(reference() for _ in range(5))
-
+    monitor = LoadMonitor()
     cases = [('brainconv', 'BPTT'), ('brainconv', 'pp_prop'), ('braintrace', 'pp_prop'),
              ('brainconv', 'D_RTRL'), ('braintrace', 'D_RTRL')]
-    steps_fn, memory, compile_s = {}, {}, {}
+    impls, memory, compile_s = {}, {}, {}
     for case in cases:
         fn, memory[case] = make_step(*case)
-        start = time.perf_counter()
-        jax.block_until_ready(fn(xs, ys))
-        compile_s[case] = time.perf_counter() - start
-        steps_fn[case] = fn
+        compile_s[case] = one_call(fn, xs, ys)
+        impls[case] = BestOf(functools.partial(fn, xs, ys), args.reps)
 
-    times = {case: [] for case in cases}
-    quiet = 0
-    for r in range(args.rounds):
-        for attempt in range(4):
-            before = reference()
-            order = cases[r % len(cases):] + cases[:r % len(cases)]
-            got = {case: best_of(lambda c=case: steps_fn[c](xs, ys), args.reps) for case in order}
-            slow = max(before, reference()) / quietest
-            quietest = min(quietest, before)
-            if slow <= 1.3 or attempt == 3:
-                break
-            time.sleep(1.0)
-        quiet += slow <= 1.3
-        for case, t in got.items():
-            times[case].append(t)
+    res = time_group(impls, monitor, args.rounds, 0.0, modes=('fwd',))
+    times, quiet = {case: res.times[(case, 'fwd')] for case in cases}, res.quiet
 
     print(f"brainconv {brainconv.__version__}, braintrace {braintrace.__version__}, jax {jax.__version__}, "
           f"python {platform.python_version()}; {os.cpu_count()} cores; {datetime.date.today()}")
@@ -165,12 +149,11 @@ def main(argv=None) -> int:
     print(f"{'layers':11s} {'algorithm':9s} {'compile':>9s} {'step':>9s} {'trace memory':>13s}  brainconv / braintrace")
     for case in cases:
         kind, algorithm = case
-        med = statistics.median(times[case])
         ratio = ''
         if kind == 'brainconv' and ('braintrace', algorithm) in times:
             other = times['braintrace', algorithm]
-            ratio = f"{statistics.median(a / b for a, b in zip(times[case], other)):.2f}"
-        print(f"{kind:11s} {algorithm:9s} {compile_s[case]:7.2f} s {1e3 * med:7.1f} ms "
+            ratio = f"{med(a / b for a, b in zip(times[case], other)):.2f}"
+        print(f"{kind:11s} {algorithm:9s} {compile_s[case]:7.2f} s {1e3 * med(times[case]):7.1f} ms "
               f"{memory[case] / 2 ** 20:10.1f} MiB  {ratio}")
     return 0
 

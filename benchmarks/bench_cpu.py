@@ -47,6 +47,7 @@ Usage::
     python benchmarks/bench_cpu.py --crossover i,j,dense       # formulations across kernel sizes
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -55,92 +56,48 @@ import datetime
 import functools
 import math
 import os
-import platform
-import statistics
 import sys
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
+from _common import (
+    CONFIGS,
+    ORDER,
+    Config,
+    GroupResult,
+    LoadMonitor,
+    Timed,
+    TorchProxy,
+    compiled,
+    confirm,
+    conv_data,
+    from_torch,
+    kernel_from_torch,
+    machine,
+    med,
+    median_of,
+    one_call,
+    optional,
+    ratio,
+    rel_err,
+    remote_torch,
+    rotated,
+    serve,
+    time_group,
+    to_torch,
+    torch_kernel,
+    versions,
+)
 
 # --------------------------------------------------------------------------- #
 # Everything torch runs lives above the JAX import: torch is timed in a worker
 # process of its own (``--torch-worker``) that never imports JAX, so that
-# torch's OpenMP threads and XLA's thread pool never share a process.
+# torch's OpenMP threads and XLA's thread pool never share a process.  The
+# configs a-j are _common.py's; config g (a small CNN) is this file's.
 # --------------------------------------------------------------------------- #
-
-# --------------------------------------------------------------------------- #
-# Configurations
-# --------------------------------------------------------------------------- #
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    key: str
-    title: str
-    spatial: Tuple[int, ...]
-    cin: int
-    cout: int
-    k: int
-    batch: int
-    stride: int = 1
-    pad: int = 1
-    dilation: int = 1
-    groups: int = 1
-    transposed: bool = False
-    output_padding: int = 0
-    mode: str = 'ZEROS'
-
-    @property
-    def nd(self) -> int:
-        return len(self.spatial)
-
-    @property
-    def kernel_shape(self) -> Tuple[int, ...]:
-        """brainconv's layout."""
-        if self.transposed:
-            return (self.k,) * self.nd + (self.cout, self.cin // self.groups)
-        return (self.k,) * self.nd + (self.cin // self.groups, self.cout)
-
-    def out_spatial(self) -> Tuple[int, ...]:
-        span = (self.k - 1) * self.dilation + 1
-        if self.transposed:
-            return tuple((n - 1) * self.stride + span - 2 * self.pad + self.output_padding for n in self.spatial)
-        return tuple((n + 2 * self.pad - span) // self.stride + 1 for n in self.spatial)
-
-    def macs(self) -> int:
-        taps = self.k ** self.nd
-        if self.transposed:
-            return self.batch * math.prod(self.spatial) * taps * self.cin * (self.cout // self.groups)
-        return self.batch * math.prod(self.out_spatial()) * taps * (self.cin // self.groups) * self.cout
-
-
-CONFIGS = {
-    'a': Config('a', 'Conv2d 32x32x64->64 k3 pad1, b32', (32, 32), 64, 64, 3, 32),
-    'b': Config('b', 'Conv2d 64x64x3->32 k3 s2, b32', (64, 64), 3, 32, 3, 32, stride=2),
-    'c': Config('c', 'depthwise 32x32x128 k3, b32', (32, 32), 128, 128, 3, 32, groups=128),
-    'd': Config('d', 'Conv1d L1024 32->64 k5 dil2, b32', (1024,), 32, 64, 5, 32, pad=4, dilation=2),
-    'e': Config('e', 'Conv3d 16^3x8->16 k3, b8', (16, 16, 16), 8, 16, 3, 8),
-    'f': Config('f', 'ConvT2d 16x16x64->32 k3 s2, b32', (16, 16), 64, 32, 3, 32, stride=2, transposed=True,
-                output_padding=1),
-    'h-circ': Config('h-circ', 'config a, CIRCULAR', (32, 32), 64, 64, 3, 32, mode='CIRCULAR'),
-    'h-refl': Config('h-refl', 'config a, REFLECT', (32, 32), 64, 64, 3, 32, mode='REFLECT'),
-    'i': Config('i', 'Conv1d L4096 16->16 k257, b8', (4096,), 16, 16, 257, 8, pad=128),
-    'j': Config('j', 'depthwise 64x64x32 k31, b8', (64, 64), 32, 32, 31, 8, pad=15, groups=32),
-}
-ORDER = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h-circ', 'h-refl', 'i', 'j']
-
 
 G_BATCH, G_LR = 64, 0.01
-
-
-def conv_data(cfg: Config):
-    """Input, kernel (brainconv's layout) and output cotangent of a config, seeded."""
-    rng = np.random.default_rng(0)
-    nd = cfg.nd
-    x = rng.standard_normal((cfg.batch,) + cfg.spatial + (cfg.cin,)).astype(np.float32)
-    w = (rng.standard_normal(cfg.kernel_shape) / math.sqrt(cfg.k ** nd * cfg.cin // cfg.groups)).astype(np.float32)
-    r = rng.standard_normal((cfg.batch,) + cfg.out_spatial() + (cfg.cout,)).astype(np.float32)
-    return x, w, r
 
 
 def cnn_data():
@@ -160,7 +117,7 @@ def _dense_chw(wd):
 
 
 @dataclasses.dataclass
-class Impl:
+class Impl(Timed):
     """One implementation: timed callables plus converters back to brainconv's layouts."""
 
     name: str
@@ -171,50 +128,24 @@ class Impl:
     lowering: str = ''                        # brainconv: the formulation that ran
     jvp: Callable[[], Any] | None = None      # forward mode (JAX only); None where it has no rule
 
-    def time(self, mode: str, reps: int) -> float:
-        """Seconds per call of ``mode`` ('fwd' or 'fb'), averaged over ``reps`` calls."""
-        return _time(getattr(self, mode), reps)
-
-    def reps(self, mode: str, target_s: float) -> int:
-        return _inner_reps(getattr(self, mode), target_s)
-
     def results(self) -> Tuple[Any, Any]:
         """(output, gradients) in brainconv's layouts, for the equality check."""
         return self.out(self.fwd()), self.grads(self.fb())
-
-
-def _inner_reps(fn, target_s: float) -> int:
-    t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
-    return max(1, min(50, int(target_s / max(dt, 1e-6))))
-
-
-def _time(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
 
 
 def _torch_impl(cfg: Config, x_np, w_np, r_np) -> Impl:
     import torch
     F = torch.nn.functional
     nd = cfg.nd
-    xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x_np, -1, 1)))
-    rt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(r_np, -1, 1)))
-    if cfg.transposed:  # torch's (C_in_T, C_out_T // g, *k) is brainconv's array with axes moved
-        wt_np = np.moveaxis(np.moveaxis(w_np, -1, 0), -1, 1)
+    xt, rt = to_torch(x_np), to_torch(r_np)
+    wt = torch_kernel(w_np)  # torch's (C_out, C_in // g, *k), or (C_in_T, C_out_T // g, *k): brainconv's, axes moved
+    if cfg.transposed:
         op = getattr(F, f'conv_transpose{nd}d')
 
         def run(xx, ww):
             return op(xx, ww, stride=cfg.stride, padding=cfg.pad, output_padding=cfg.output_padding,
                       groups=cfg.groups, dilation=cfg.dilation)
-
-        def kernel_back(g):
-            return np.moveaxis(np.moveaxis(g, 1, -1), 0, -1)
     else:
-        wt_np = np.moveaxis(np.moveaxis(w_np, -1, 0), -1, 1)
         op = getattr(F, f'conv{nd}d')
         mode = {'CIRCULAR': 'circular', 'REFLECT': 'reflect'}.get(cfg.mode)
 
@@ -223,10 +154,6 @@ def _torch_impl(cfg: Config, x_np, w_np, r_np) -> Impl:
                 return op(F.pad(xx, (cfg.pad,) * (2 * nd), mode=mode), ww, stride=cfg.stride,
                           dilation=cfg.dilation, groups=cfg.groups)
             return op(xx, ww, stride=cfg.stride, padding=cfg.pad, dilation=cfg.dilation, groups=cfg.groups)
-
-        def kernel_back(g):
-            return np.moveaxis(np.moveaxis(g, 0, -1), 0, -2)
-    wt = torch.from_numpy(np.ascontiguousarray(wt_np))
     xg = xt.clone().requires_grad_(True)
     wg = wt.clone().requires_grad_(True)
 
@@ -240,8 +167,7 @@ def _torch_impl(cfg: Config, x_np, w_np, r_np) -> Impl:
         (run(xg, wg) * rt).sum().backward()
         return xg.grad, wg.grad
 
-    return Impl('torch', fwd, fb, lambda y: np.moveaxis(y.numpy(), 1, -1),
-                lambda g: (np.moveaxis(g[0].numpy(), 1, -1), kernel_back(g[1].numpy())))
+    return Impl('torch', fwd, fb, from_torch, lambda g: (from_torch(g[0]), kernel_from_torch(g[1])))
 
 
 def _torch_cnn_impl() -> Impl:
@@ -249,9 +175,10 @@ def _torch_cnn_impl() -> Impl:
     x_np, y_np, w1, b1, w2, b2, wd, bd = cnn_data()
     wd_chw = _dense_chw(wd)
     F = torch.nn.functional
-    tp = [torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(True) for a in (
-        np.transpose(w1, (3, 2, 0, 1)), b1, np.transpose(w2, (3, 2, 0, 1)), b2, wd_chw.T, bd)]
-    xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x_np, -1, 1)))
+    tp = [torch_kernel(w1), torch.from_numpy(b1), torch_kernel(w2), torch.from_numpy(b2),
+          torch.from_numpy(np.ascontiguousarray(wd_chw.T)), torch.from_numpy(bd)]
+    tp = [p.requires_grad_(True) for p in tp]
+    xt = to_torch(x_np)
     yt = torch.from_numpy(y_np.astype(np.int64))
 
     def t_loss():
@@ -273,24 +200,17 @@ def _torch_cnn_impl() -> Impl:
             for p in tp:
                 p -= G_LR * p.grad
         return value.detach(), grad_w2
-    return Impl('torch', t_fwd, t_step, lambda v: v.numpy(),
-                lambda out: (out[0].numpy(), np.transpose(out[1].numpy(), (2, 3, 1, 0))))
+    return Impl('torch', t_fwd, t_step, lambda v: v.numpy(), lambda out: (out[0].numpy(), kernel_from_torch(out[1])))
 
 
-def _torch_worker() -> None:
-    """Serve torch timings over stdin/stdout (pickled messages) until told to quit."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _torch_serve import serve
-
-    def build(key):
-        impl = _torch_cnn_impl() if key == 'g' else _torch_impl(CONFIGS[key], *conv_data(CONFIGS[key]))
-        return {'fwd': impl.fwd, 'fb': impl.fb, 'results': impl.results}
-
-    serve(build)
+def _torch_build(key):
+    """The worker's implementation of config ``key``: its ``fwd``, ``fb`` and ``results``."""
+    impl = _torch_cnn_impl() if key == 'g' else _torch_impl(CONFIGS[key], *conv_data(CONFIGS[key]))
+    return {'fwd': impl.fwd, 'fb': impl.fb, 'results': impl.results}
 
 
 if __name__ == '__main__' and '--torch-worker' in sys.argv:
-    _torch_worker()
+    serve(_torch_build)
     sys.exit(0)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -301,77 +221,11 @@ from jax import lax  # noqa: E402
 
 import brainconv  # noqa: E402
 
-
-def _optional(name):
-    try:
-        return __import__(name, fromlist=['_'])
-    except Exception:  # noqa: BLE001 - any import failure means "peer not available"
-        return None
-
-
-brainstate = _optional('brainstate')
-nnx = _optional('flax.nnx')
-eqx = _optional('equinox')
-
-
-class RemoteImpl:
-    """An implementation living in the torch worker: timed there, results pickled back."""
-
-    def __init__(self, proxy: TorchProxy, key: str):
-        self.name, self.lowering, self._proxy, self._key = 'torch', '', proxy, key
-
-    def time(self, mode: str, reps: int) -> float:
-        return self._proxy.ask('time', self._key, mode, reps)
-
-    def reps(self, mode: str, target_s: float) -> int:
-        return self._proxy.ask('reps', self._key, mode, target_s)
-
-    def results(self):
-        return self._proxy.ask('results', self._key)
-
-
-class TorchProxy:
-    """The ``--torch-worker`` subprocess (started once, if torch is installed)."""
-
-    _instance = None
-    _tried = False
-
-    def __init__(self):
-        import subprocess
-        self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--torch-worker'],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.version, self.threads = self.ask('version')
-
-    @classmethod
-    def get(cls) -> TorchProxy | None:
-        if not cls._tried:
-            cls._tried = True
-            import importlib.util
-            if importlib.util.find_spec('torch') is not None:
-                cls._instance = cls()
-        return cls._instance
-
-    def ask(self, *msg):
-        import pickle
-        pickle.dump(msg, self._proc.stdin)
-        self._proc.stdin.flush()
-        reply = pickle.load(self._proc.stdout)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    def impl(self, key: str) -> RemoteImpl:
-        self.ask('build', key)
-        return RemoteImpl(self, key)
-
-    def close(self) -> None:
-        import pickle
-        pickle.dump(('quit',), self._proc.stdin)
-        self._proc.stdin.flush()
-        self._proc.wait(timeout=30)
+brainstate = optional('brainstate')
+nnx = optional('flax.nnx')
+eqx = optional('equinox')
 
 LOWERING_NAMES = brainconv.lowering.LOWERINGS
-
 
 # --------------------------------------------------------------------------- #
 # Implementations of one convolution config
@@ -461,17 +315,9 @@ def build_impls(cfg: Config, lowerings: List[str] | None = None,
 
     impls['lax'] = _jax_impl('lax', _lax_apply(cfg), w, x, r, ident)
 
-    def brainconv_layer(lowering):
-        common = dict(stride=cfg.stride, padding=cfg.pad, rhs_dilation=cfg.dilation, groups=cfg.groups,
-                      w_init=w, lowering=lowering)
-        if cfg.transposed:
-            return brainconv.ConvTranspose(nd, cfg.spatial + (cfg.cin,), cfg.cout, cfg.k,
-                                           output_padding=cfg.output_padding, **common)
-        return brainconv.Conv(nd, cfg.spatial + (cfg.cin,), cfg.cout, cfg.k, padding_mode=cfg.mode, **common)
-
     names = ['brainconv'] if lowerings is None else [f'bc:{lw}' for lw in lowerings]
     for label in names:
-        layer = brainconv_layer(default if label == 'brainconv' else label[3:])
+        layer = cfg.layer(brainconv, w_init=w, lowering=default if label == 'brainconv' else label[3:])
         apply, params = _split_merge(layer)
         impls[label] = _jax_impl(label, apply, params, x, r, _state_kernel)
         impls[label].lowering = layer.lowering
@@ -555,8 +401,9 @@ def build_impls(cfg: Config, lowerings: List[str] | None = None,
         ei = _jax_impl('equinox', eqx_apply, m, x_cf, r_cf, eqx_kernel, channel_first=True)
         impls['equinox'] = ei
 
-    if TorchProxy.get() is not None:
-        impls['torch'] = TorchProxy.get().impl(cfg.key)
+    torch = remote_torch(cfg.key)
+    if torch is not None:
+        impls['torch'] = torch
     return impls, dict(x=x_np, w=w_np, r=r_np)
 
 
@@ -661,8 +508,9 @@ def build_cnn_impls() -> Tuple[Dict[str, Impl], Dict[str, Any]]:
         impls['equinox'] = jax_impl('equinox', eqx_apply, (c1, c2, dense),
                                     lambda g: jnp.transpose(g[1].weight, (2, 3, 1, 0)))
 
-    if TorchProxy.get() is not None:
-        impls['torch'] = TorchProxy.get().impl('g')
+    torch = remote_torch('g')
+    if torch is not None:
+        impls['torch'] = torch
     return impls, {}
 
 
@@ -670,126 +518,17 @@ def build_cnn_impls() -> Tuple[Dict[str, Impl], Dict[str, Any]]:
 # Checking and timing
 # --------------------------------------------------------------------------- #
 
-def _rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return float('inf')
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def check(impls: Dict[str, Impl], tol: float = 2e-4) -> Dict[str, float]:
     """Max relative error of every implementation's output and gradients against raw lax."""
     ref_out, ref_grads = impls['lax'].results()
     errors = {}
     for name, impl in impls.items():
         out, grads = impl.results()
-        err = max([_rel_err(out, ref_out)] + [_rel_err(a, b) for a, b in zip(grads, ref_grads)])
+        err = max([rel_err(out, ref_out)] + [rel_err(a, b) for a, b in zip(grads, ref_grads)])
         errors[name] = err
         if not err <= tol:
             print(f"  !! {name} differs from raw lax: max relative error {err:.2e}", flush=True)
     return errors
-
-
-class LoadMonitor:
-    """Times a fixed float32 matmul in JAX (and in the torch worker: torch's two OpenMP threads
-    slow down far more than XLA's pool when another process takes a core); a round is quiet
-    when both run within 30% of the quietest time seen."""
-
-    def __init__(self, n: int = 768):
-        a = jnp.asarray(np.random.default_rng(2).standard_normal((n, n)).astype(np.float32))
-        self._mm = jax.jit(lambda u: u @ u)
-        self._a = a
-        self.flops = 2 * n ** 3
-        _block(self._mm(a))
-        self._torch = TorchProxy.get()
-        self.best = min(self._jax() for _ in range(5))
-        self.best_torch = min(self._torch.ask('reference') for _ in range(5)) if self._torch else None
-
-    def _jax(self) -> float:
-        return _time(lambda: _block(self._mm(self._a)), 3)
-
-    def slowdown(self, with_torch: bool = True) -> float:
-        t = self._jax()
-        self.best = min(self.best, t)
-        slow = t / self.best
-        if self._torch is not None and with_torch:
-            tt = self._torch.ask('reference')
-            self.best_torch = min(self.best_torch, tt)
-            slow = max(slow, tt / self.best_torch)
-        return slow
-
-    def gflops(self) -> float:
-        return self.flops / self.best / 1e9
-
-
-@dataclasses.dataclass
-class GroupResult:
-    times: Dict[Tuple[str, str], List[float]]      # (impl, 'fwd'|'fb') -> per-round seconds
-    quiet: int
-    rounds: int
-    retries: int
-    slowdowns: List[float]
-    loadavg: float
-    threshold: float = 1.3
-    reps: Dict[Tuple[str, str], int] = dataclasses.field(default_factory=dict)
-    confirmed: Dict[Tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
-
-    def kept(self, values: List[float]) -> List[float]:
-        """The values of the quiet rounds when there are at least 3 of them, else of all rounds."""
-        quiet = [v for v, s in zip(values, self.slowdowns) if s <= self.threshold]
-        return quiet if len(quiet) >= 3 else values
-
-
-def time_group(impls: Dict[str, Impl], monitor: LoadMonitor, rounds: int, target_s: float,
-               max_retries: int = 3, threshold: float = 1.3, budget_s: float = float('inf'),
-               min_rounds: int = 5, retry_wait_s: float = 1.0) -> GroupResult:
-    """Interleaved rounds; a round bracketed by a loaded reference matmul is re-measured.
-    After ``budget_s`` seconds no new round starts once ``min_rounds`` are done."""
-    reps = {(n, m): i.reps(m, target_s) for n, i in impls.items() for m in ('fwd', 'fb', 'jvp')
-            if m != 'jvp' or getattr(i, 'jvp', None) is not None}
-    with_torch = 'torch' in impls
-    keys = list(reps)
-    times: Dict[Tuple[str, str], List[float]] = {k: [] for k in keys}
-    quiet = retries = 0
-    slowdowns = []
-    load0 = os.getloadavg()[0]
-    start = time.perf_counter()
-    for r in range(rounds):
-        if r >= min_rounds and time.perf_counter() - start > budget_s:
-            break
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
-        for attempt in range(max_retries + 1):
-            before = monitor.slowdown(with_torch)
-            sample = {}
-            for k in order:
-                time.sleep(0.005)  # let the previous implementation's spinning threads park
-                sample[k] = impls[k[0]].time(k[1], reps[k])
-            after = monitor.slowdown(with_torch)
-            worst = max(before, after)
-            if worst <= threshold or attempt == max_retries:
-                break
-            retries += 1
-            time.sleep(retry_wait_s)  # the other processes' load comes in bursts: wait one out
-        quiet += worst <= threshold
-        slowdowns.append(worst)
-        for k, v in sample.items():
-            times[k].append(v)
-    return GroupResult(times, quiet, len(slowdowns), retries, slowdowns, (load0 + os.getloadavg()[0]) / 2,
-                       threshold, reps)
-
-
-def confirm(impls: Dict[str, Impl], res: GroupResult, a: str, b: str, mode: str, pairs: int = 15) -> float:
-    """Re-measure ``a`` against ``b`` alone, in ``pairs`` back-to-back pairs (alternating which
-    goes first); the median of the pairwise ratios, recorded in ``res.confirmed``."""
-    ratios = []
-    for i in range(pairs):
-        sample = {}
-        for name in ((a, b) if i % 2 == 0 else (b, a)):
-            time.sleep(0.005)
-            sample[name] = impls[name].time(mode, res.reps[(name, mode)])
-        ratios.append(sample[a] / sample[b])
-    res.confirmed[(a, b, mode)] = _med(ratios)
-    return res.confirmed[(a, b, mode)]
 
 
 def confirm_flagged(impls: Dict[str, Impl], res: GroupResult) -> List[str]:
@@ -800,7 +539,7 @@ def confirm_flagged(impls: Dict[str, Impl], res: GroupResult) -> List[str]:
         if other not in impls or 'brainconv' not in impls:
             continue
         for mode in ('fwd', 'fb'):
-            before = _ratio(res, 'brainconv', other, mode, confirmed=False)
+            before = ratio(res, 'brainconv', other, mode, confirmed=False)
             if before > limit:
                 after = confirm(impls, res, 'brainconv', other, mode)
                 notes.append(f"{mode}/{other} {before:.2f} -> {after:.2f}")
@@ -828,7 +567,7 @@ def construction_times(n: int) -> Dict[str, Dict[str, float]]:
             t0 = time.perf_counter()
             cls((32, 32, 64), 64, 3)
             same.append(time.perf_counter() - t0)
-        out[name] = {'new shape': statistics.median(new) * 1e3, 'same shape': statistics.median(same[1:]) * 1e3}
+        out[name] = {'new shape': med(new) * 1e3, 'same shape': med(same[1:]) * 1e3}
     return out
 
 
@@ -873,14 +612,6 @@ def _fft_conv(geometry, groups):
     return conv
 
 
-def _compiled(fn, *args) -> Tuple[Any, float]:
-    """``jax.jit(fn)`` lowered and compiled after clearing JAX's caches: (executable, seconds)."""
-    jax.clear_caches()
-    t0 = time.perf_counter()
-    exe = jax.jit(fn).lower(*args).compile()
-    return exe, time.perf_counter() - t0
-
-
 def crossover(families: List[str], rounds: int = 7, only: List[str] | None = None) -> None:
     """Forward and forward+backward (input and kernel gradients) of raw lax, 'fft' and the direct
     formulations across kernel sizes: medians of ``rounds`` interleaved rounds after a warm-up,
@@ -916,27 +647,22 @@ def crossover(families: List[str], rounds: int = 7, only: List[str] | None = Non
                                                   lowering=name)
             run = {}
             for name, fn in fns.items():
-                f_exe, f_s = _compiled(fn, x, w)
-                b_exe, b_s = _compiled(jax.value_and_grad(lambda xx, ww, rr, fn=fn: jnp.vdot(fn(xx, ww), rr), (0, 1)),
+                f_exe, f_s = compiled(fn, x, w)
+                b_exe, b_s = compiled(jax.value_and_grad(lambda xx, ww, rr, fn=fn: jnp.vdot(fn(xx, ww), rr), (0, 1)),
                                        x, w, r)
                 run[name] = (f_exe, b_exe, f_s, b_s)
                 _block(f_exe(x, w))
                 _block(b_exe(x, w, r))
             times = {(n, m): [] for n in run for m in ('fwd', 'fb')}
             for i in range(rounds):
-                order = list(run)[i % len(run):] + list(run)[:i % len(run)]
-                for name in order:
+                for name in rotated(run, i):
                     f_exe, b_exe = run[name][:2]
-                    t0 = time.perf_counter()
-                    _block(f_exe(x, w))
-                    times[(name, 'fwd')].append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    _block(b_exe(x, w, r))
-                    times[(name, 'fb')].append(time.perf_counter() - t0)
+                    times[(name, 'fwd')].append(one_call(f_exe, x, w))
+                    times[(name, 'fb')].append(one_call(b_exe, x, w, r))
             for name in run:
-                ratio = {m: _med([a / b for a, b in zip(times[(name, m)], times[('lax', m)])]) for m in ('fwd', 'fb')}
-                ms = {m: _med(times[(name, m)]) * 1e3 for m in ('fwd', 'fb')}
-                print(f"| {k} | {name} | {ms['fwd']:.2f} | {ms['fb']:.2f} | {ratio['fwd']:.2f} | {ratio['fb']:.2f} | "
+                to_lax = {m: med([a / b for a, b in zip(times[(name, m)], times[('lax', m)])]) for m in ('fwd', 'fb')}
+                ms = {m: med(times[(name, m)]) * 1e3 for m in ('fwd', 'fb')}
+                print(f"| {k} | {name} | {ms['fwd']:.2f} | {ms['fb']:.2f} | {to_lax['fwd']:.2f} | {to_lax['fb']:.2f} | "
                       f"{run[name][2]:.2f} | {run[name][3]:.2f} |", flush=True)
 
 
@@ -1006,62 +732,19 @@ def compile_section(quick: bool) -> Dict[Tuple[str, str], Tuple[float, float]]:
                 def step(p, xx, apply=apply):
                     value, g = jax.value_and_grad(lambda q: jnp.mean((apply(q, xx) - xx) ** 2))(p)
                     return value, jax.tree_util.tree_map(lambda a, b: a - G_LR * b, p, g)
-                exe, sec = _compiled(step, params, x)
+                exe, sec = compiled(step, params, x)
                 seconds.append(sec)
-            _block(exe(params, x))
-            runs = []
-            for _ in range(3 if quick else 7):
-                t0 = time.perf_counter()
-                _block(exe(params, x))
-                runs.append(time.perf_counter() - t0)
+            step_s = median_of(functools.partial(exe, params, x), 3 if quick else 7)
             label = lowering or f"default ({brainconv.lowering.get_lowering()})"
-            out[(key, label)] = (_med(seconds), _med(runs) * 1e3)
-            print(f"| {key} {'x'.join(map(str, spatial))}x{channels[0]}, b{batch} | {label} | {_med(seconds):.2f} | "
-                  f"{_med(runs) * 1e3:.1f} |", flush=True)
+            out[(key, label)] = (med(seconds), step_s * 1e3)
+            print(f"| {key} {'x'.join(map(str, spatial))}x{channels[0]}, b{batch} | {label} | {med(seconds):.2f} | "
+                  f"{step_s * 1e3:.1f} |", flush=True)
     return out
 
 
 # --------------------------------------------------------------------------- #
 # Report
 # --------------------------------------------------------------------------- #
-
-def _med(v):
-    return statistics.median(v) if v else float('nan')
-
-
-def _ratio(res: GroupResult, a: str, b: str, mode: str, confirmed: bool = True) -> float:
-    if confirmed and (a, b, mode) in res.confirmed:
-        return res.confirmed[(a, b, mode)]
-    ta, tb = res.times.get((a, mode)), res.times.get((b, mode))
-    if not ta or not tb:
-        return float('nan')
-    return _med(res.kept([x / y for x, y in zip(ta, tb)]))
-
-
-def versions() -> str:
-    parts = [f"python {platform.python_version()}", f"jax {jax.__version__}"]
-    for name, mod in (('brainstate', brainstate), ('flax', _optional('flax')), ('equinox', eqx)):
-        if mod is not None:
-            parts.append(f"{name} {getattr(mod, '__version__', '?')}")
-    if TorchProxy.get() is not None:
-        parts.append(f"torch {TorchProxy.get().version}")
-    parts.append(f"brainconv {brainconv.__version__}")
-    return ', '.join(parts)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    threads = TorchProxy.get().threads if TorchProxy.get() is not None else '-'
-    return f"{cpu}, {os.cpu_count()} cores (torch threads {threads}), {platform.system()} {platform.release()}"
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -1094,6 +777,7 @@ def main(argv=None) -> int:
         if k not in ORDER:
             parser.error(f"unknown config {k!r}; choose from {ORDER}")
 
+    TorchProxy.start(__file__)
     print(f"# brainconv CPU benchmark, {datetime.date.today().isoformat()}")
     print(f"versions: {versions()}")
     print(f"machine: {machine()}; backend {jax.default_backend()}")
@@ -1125,21 +809,20 @@ def main(argv=None) -> int:
     if not args.lowerings and not args.compile_only:
         cons = None if args.no_construction else construction_times(3 if args.quick else 7)
         _print_summary(results, cons, monitor)
-    if TorchProxy.get() is not None:
-        TorchProxy.get().close()
+    TorchProxy.stop()
     return 0
 
 
 def _print_group(key, title, flops, impls, res: GroupResult, errors, monitor, lowerings):
     rate = monitor.gflops()
     print(f"\n## {key}: {title}   [{res.rounds} rounds, {res.quiet} quiet, re-measured {res.retries}, "
-          f"reference slowdown median {_med(res.slowdowns):.2f}x, load avg {res.loadavg:.1f}]")
+          f"reference slowdown median {med(res.slowdowns):.2f}x, load avg {res.loadavg:.1f}]")
     print("| impl | fwd ms | fwd+bwd ms | fwd/lax | fb/lax | fwd/torch | fb/torch | fwd %mm | fb %mm | jvp ms | "
           "jvp/fwd | err |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, impl in impls.items():
-        f_ms = _med(res.kept(res.times[(name, 'fwd')])) * 1e3
-        b_ms = _med(res.kept(res.times[(name, 'fb')])) * 1e3
+        f_ms = med(res.kept(res.times[(name, 'fwd')])) * 1e3
+        b_ms = med(res.kept(res.times[(name, 'fb')])) * 1e3
         if flops:
             f_pct = flops / (f_ms * 1e-3) / 1e9 / rate * 100
             b_pct = 3 * flops / (b_ms * 1e-3) / 1e9 / rate * 100
@@ -1148,15 +831,15 @@ def _print_group(key, title, flops, impls, res: GroupResult, errors, monitor, lo
             pct = "- | -"
         label = name + (f" ({impl.lowering})" if name == 'brainconv' and impl.lowering else '')
         tr = 'torch' if 'torch' in impls else None
-        rt = (f"{_ratio(res, name, tr, 'fwd'):.2f} | {_ratio(res, name, tr, 'fb'):.2f}" if tr else "- | -")
+        rt = (f"{ratio(res, name, tr, 'fwd'):.2f} | {ratio(res, name, tr, 'fb'):.2f}" if tr else "- | -")
         if (name, 'jvp') in res.times:
             jvp = res.times[(name, 'jvp')]
-            j_txt = (f"{_med(res.kept(jvp)) * 1e3:.2f} | "
-                     f"{_med(res.kept([a / b for a, b in zip(jvp, res.times[(name, 'fwd')])])):.2f}")
+            j_txt = (f"{med(res.kept(jvp)) * 1e3:.2f} | "
+                     f"{med(res.kept([a / b for a, b in zip(jvp, res.times[(name, 'fwd')])])):.2f}")
         else:
             j_txt = "n/a | n/a"
-        print(f"| {label} | {f_ms:.2f} | {b_ms:.2f} | {_ratio(res, name, 'lax', 'fwd'):.2f} | "
-              f"{_ratio(res, name, 'lax', 'fb'):.2f} | {rt} | {pct} | {j_txt} | {errors[name]:.0e} |")
+        print(f"| {label} | {f_ms:.2f} | {b_ms:.2f} | {ratio(res, name, 'lax', 'fwd'):.2f} | "
+              f"{ratio(res, name, 'lax', 'fb'):.2f} | {rt} | {pct} | {j_txt} | {errors[name]:.0e} |")
 
 
 def _print_summary(results, cons, monitor):
@@ -1164,9 +847,9 @@ def _print_summary(results, cons, monitor):
           "round-based ratio missed a target; < 1 means brainconv is faster)")
     rows = []
     for key, (_title, _, impls, res, _) in results.items():
-        fl, bl = _ratio(res, 'brainconv', 'lax', 'fwd'), _ratio(res, 'brainconv', 'lax', 'fb')
-        ft, bt = _ratio(res, 'brainconv', 'torch', 'fwd'), _ratio(res, 'brainconv', 'torch', 'fb')
-        peers = {p: _ratio(res, p, 'brainconv', 'fb') for p in ('brainstate', 'flax', 'equinox') if p in impls}
+        fl, bl = ratio(res, 'brainconv', 'lax', 'fwd'), ratio(res, 'brainconv', 'lax', 'fb')
+        ft, bt = ratio(res, 'brainconv', 'torch', 'fwd'), ratio(res, 'brainconv', 'torch', 'fb')
+        peers = {p: ratio(res, p, 'brainconv', 'fb') for p in ('brainstate', 'flax', 'equinox') if p in impls}
         rows.append((key, fl, bl, ft, bt, peers))
     print("| config | fwd/lax | fb/lax | fwd/torch | fb/torch | peer fb / brainconv fb |")
     print("|---|---|---|---|---|---|")
@@ -1189,7 +872,7 @@ def _print_summary(results, cons, monitor):
     checks.append(("every config within 2x of torch (fwd and fwd+bwd)", not torch_bad, ', '.join(torch_bad)))
     if 'g' in results:
         res = results['g'][3]
-        g_ratio = _med(res.kept([b / f for b, f in zip(res.times[('brainconv', 'fb')],
+        g_ratio = med(res.kept([b / f for b, f in zip(res.times[('brainconv', 'fb')],
                                                         res.times[('brainconv', 'fwd')])]))
         checks.append(("g: train step <= 5x its own forward", g_ratio <= 5, f"{g_ratio:.1f}x"))
     if cons:

@@ -18,7 +18,7 @@ each timed for the forward ("fwd") and the kernel gradient ("dw"), jitted:
   torch   ``F.convNd`` / ``torch.nn.grad.convNd_weight``, in a worker process
           that never imports JAX (bench_cpu's arrangement)
 
-Timing reuses ``bench_cpu.py``: interleaved rounds in rotated order, a
+Timing is bench_cpu.py's (``_common.time_group``): interleaved rounds in rotated order, a
 reference matmul (JAX and torch) before and after each round, a round more
 than 30% slower than the quietest re-measured up to three times, medians over
 the quiet rounds (over all rounds if fewer than 3 were quiet), and ratios as
@@ -48,25 +48,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, List
 
+import _common as common
 import numpy as np
+from _common import EVENT_BATCH as BATCH
+from _common import EVENT_CONFIGS as CONFIGS
 
-#: key -> (title, spatial, C_in, C_out, k, groups); batch 32, SAME, stride 1.
-CONFIGS = {
-    'A': ('Conv2d 32x32x64->64 k3, b32', (32, 32), 64, 64, 3, 1),
-    'B': ('depthwise Conv2d 32x32x128 k3, b32', (32, 32), 128, 128, 3, 128),
-    'C': ('Conv1d L1024 64->64 k5, b32', (1024,), 64, 64, 5, 1),
-}
-BATCH = 32
 DENSITIES = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
@@ -92,9 +87,7 @@ def _torch_impl(key: str, density: float):
     _, spatial, _, _, k, groups = CONFIGS[key]
     nd = len(spatial)
     x, w, gy = spike_data(key, density)
-    xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-    gt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(gy, -1, 1)))
-    wt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.moveaxis(w, -1, 0), -1, 1)))  # (C_out, C_in/g, *k)
+    xt, gt, wt = common.to_torch(x), common.to_torch(gy), common.torch_kernel(w)  # wt: (C_out, C_in/g, *k)
     conv = getattr(F, f'conv{nd}d')
     weight = getattr(torch.nn.grad, f'conv{nd}d_weight')
     pad = (k - 1) // 2
@@ -108,26 +101,16 @@ def _torch_impl(key: str, density: float):
             return weight(xt, wt.shape, gt, padding=pad, groups=groups)
 
     def results():
-        y = np.moveaxis(fwd().numpy(), 1, -1)
-        dw = np.moveaxis(np.moveaxis(fb().numpy(), 0, -1), 0, -2)
-        return y, dw
+        return common.from_torch(fwd()), common.kernel_from_torch(fb())
     return {'fwd': fwd, 'fb': fb, 'results': results}
 
 
-def _torch_worker() -> None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _torch_serve import serve
-    serve(lambda key: _torch_impl(*key))
-
-
 if __name__ == '__main__' and '--torch-worker' in sys.argv:
-    _torch_worker()
+    common.serve(lambda key: _torch_impl(*key))
     sys.exit(0)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-import bench_cpu as bc  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
@@ -138,54 +121,22 @@ from brainconv.lowering.event import kernels as _event  # noqa: E402
 from brainconv.shapes import conv_geometry  # noqa: E402
 
 
-class EventTorchProxy(bc.TorchProxy):
-    """bench_cpu's torch proxy, serving this file's worker (spike inputs, kernel gradients)."""
-
-    def __init__(self):
-        self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--torch-worker'],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.version, self.threads = self.ask('version')
-
-    def impl(self, key) -> bc.RemoteImpl:
-        self.ask('build', key)
-        return bc.RemoteImpl(self, key)
-
-
-def _install_torch_proxy() -> None:
-    """Make bench_cpu's LoadMonitor and RemoteImpl use this file's worker (one torch process)."""
-    import importlib.util
-    bc.TorchProxy._tried = True
-    bc.TorchProxy._instance = EventTorchProxy() if importlib.util.find_spec('torch') is not None else None
-
-
 def geometry(key: str):
     _, spatial, _, _, k, _ = CONFIGS[key]
     nd = len(spatial)
     return conv_geometry(spatial, (k,) * nd, (1,) * nd, 'SAME', (1,) * nd, (1,) * nd)
 
 
-def _first_call(fn, *args) -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t0
-
-
-class JaxImpl:
-    """A jitted forward and kernel gradient on fixed arrays, timed like bench_cpu's Impl."""
+class JaxImpl(common.Timed):
+    """A jitted forward ('fwd') and kernel gradient ('fb') on fixed arrays; ``first``: their first calls' times."""
 
     def __init__(self, name, fwd, dw, x, w, gy):
-        self.name, self.lowering = name, ''
+        self.name = name
         fwd_j, dw_j = jax.jit(fwd), jax.jit(dw)
         x, w, gy = jnp.asarray(x), jnp.asarray(w), jnp.asarray(gy)
         self.fwd = lambda: jax.block_until_ready(fwd_j(x, w))
         self.fb = lambda: jax.block_until_ready(dw_j(x, gy))
-        self.first = (_first_call(fwd_j, x, w), _first_call(dw_j, x, gy))
-
-    def time(self, mode, reps):
-        return bc._time(getattr(self, mode), reps)
-
-    def reps(self, mode, target_s):
-        return bc._inner_reps(getattr(self, mode), target_s)
+        self.first = (common.one_call(fwd_j, x, w), common.one_call(dw_j, x, gy))
 
     def results(self):
         return np.asarray(self.fwd()), np.asarray(self.fb())
@@ -217,8 +168,9 @@ def build(key: str, density: float, backends: List[str]) -> Dict[str, object]:
     impls['bc'] = JaxImpl('bc', lambda a, v: form.forward(a, v, g, groups, None),
                           lambda a, u: form.weight_grad(a, u, g, groups, None), x, w, gy)
     impls['bc'].lowering = name
-    if bc.TorchProxy.get() is not None:
-        impls['torch'] = bc.TorchProxy.get().impl((key, density))
+    torch = common.remote_torch((key, density))
+    if torch is not None:
+        impls['torch'] = torch
     return impls
 
 
@@ -240,7 +192,7 @@ def check(impls) -> Dict[str, float]:
     errors = {}
     for name, impl in impls.items():
         y, dw = impl.results()
-        errors[name] = max(bc._rel_err(y, ref_y), bc._rel_err(dw, ref_dw))
+        errors[name] = max(common.rel_err(y, ref_y), common.rel_err(dw, ref_dw))
         if not errors[name] <= 2e-4:
             print(f"  !! {name} differs from lax: max relative error {errors[name]:.1e}", flush=True)
     return errors
@@ -251,7 +203,7 @@ def check(impls) -> Dict[str, float]:
 # --------------------------------------------------------------------------- #
 
 def table(keys, densities, backends, rounds, budget, target_s):
-    monitor = bc.LoadMonitor()
+    monitor = common.LoadMonitor()
     print(f"reference matmul (768^3 float32, jax): {monitor.gflops():.0f} GFLOP/s; up to {rounds} rounds, "
           f"{budget:.0f} s of timing per density", flush=True)
     samples = []   # (key, density, backend, mode, seconds, dense seconds by impl)
@@ -266,7 +218,7 @@ def table(keys, densities, backends, rounds, budget, target_s):
             if first is None:
                 first = {n: i.first for n, i in impls.items() if hasattr(i, 'first')}
             errors = check(impls)
-            res = bc.time_group(impls, monitor, rounds, target_s, budget_s=budget)
+            res = common.time_group(impls, monitor, rounds, target_s, budget_s=budget)
             nnz = int(spike_data(key, density)[0].sum())
             rows.append((density, nnz, impls, res, errors))
             for b in backends:
@@ -283,8 +235,8 @@ def table(keys, densities, backends, rounds, budget, target_s):
             print('| ' + ' | '.join(head) + ' |')
             print('|' + '---|' * len(head))
             for density, nnz, _impls, res, errors in rows:
-                ms = [bc._med(res.kept(res.times[(n, mode)])) * 1e3 for n in list(backends) + dense_names]
-                ratios = [bc._ratio(res, n, b, mode) for b in backends for n in dense_names]
+                ms = [common.med(res.kept(res.times[(n, mode)])) * 1e3 for n in list(backends) + dense_names]
+                ratios = [common.ratio(res, n, b, mode) for b in backends for n in dense_names]
                 cells = [f'{density * 100:g}%', str(nnz)] + [f'{v:.2f}' for v in ms] + [f'{v:.1f}' for v in ratios]
                 cells += [f'{res.quiet}/{res.rounds}', f'{max(errors.values()):.0e}']
                 print('| ' + ' | '.join(cells) + ' |', flush=True)
@@ -307,7 +259,7 @@ def fit(samples, backends) -> None:
         for shape in ('dense', 'depthwise'):
             per_mac = [s[6]['bc'] / _macs(s[0]) for s in samples if s[4] == mode and _shape(s[0]) == shape]
             if per_mac:
-                dense[(kind, shape)] = statistics.median(per_mac)
+                dense[(kind, shape)] = common.med(per_mac)
     print(f"DENSE_COST = {{{', '.join(f'{k!r}: {v:.3g}' for k, v in dense.items())}}}")
     coefs = {}
     for b in backends:
@@ -409,14 +361,8 @@ def overhead(backends, steps: int = 200, rounds: int = 15) -> None:
             jax.block_until_ready(fns[b](xs, w))
     fns['lax'] = scan_of(lambda x, v: lowering.direct(x, v, g, 1))
     jax.block_until_ready(fns['lax'](xs, w))
-    times = {n: [] for n in fns}
-    for r in range(rounds):
-        for n in list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]:
-            t0 = time.perf_counter()
-            jax.block_until_ready(fns[n](xs, w))
-            times[n].append((time.perf_counter() - t0) / steps)
-    for n, v in times.items():
-        print(f"- {n}: {statistics.median(v) * 1e6:.1f} µs (min {min(v) * 1e6:.1f})")
+    for n, v in common.interleaved({n: functools.partial(f, xs, w) for n, f in fns.items()}, rounds).items():
+        print(f"- {n}: {common.med(v) / steps * 1e6:.1f} µs (min {min(v) / steps * 1e6:.1f})")
 
 
 _CHILD = r"""
@@ -485,15 +431,9 @@ def compose(backends, rounds: int = 15) -> None:
                    'both': lambda f=both: f(x, x2, w)}
             for f in fns.values():
                 jax.block_until_ready(f())
-        times = {n: [] for n in fns}
-        for r in range(rounds):
-            for n in list(fns)[r % 3:] + list(fns)[:r % 3]:
-                t0 = time.perf_counter()
-                jax.block_until_ready(fns[n]())
-                times[n].append(time.perf_counter() - t0)
-        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
-        print(f"- {b}: event {med['event']:.2f}, dense {med['dense']:.2f}, sum {med['event'] + med['dense']:.2f}, "
-              f"both in one jit {med['both']:.2f}", flush=True)
+        ms = {n: common.med(v) * 1e3 for n, v in common.interleaved(fns, rounds).items()}
+        print(f"- {b}: event {ms['event']:.2f}, dense {ms['dense']:.2f}, sum {ms['event'] + ms['dense']:.2f}, "
+              f"both in one jit {ms['both']:.2f}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -513,11 +453,11 @@ def main(argv=None) -> int:
     densities = [float(d) for d in args.densities.split(',')]
     backends = [b for b in args.backends.split(',') if _event._resolve(b) is not None]
     rounds = args.rounds or (3 if args.quick else 7)
-    _install_torch_proxy()
+    common.TorchProxy.start(__file__)
     load = os.getloadavg()
     print("# brainconv event kernels on CPU")
-    print(f"versions: {bc.versions()}; backends {backends}")
-    print(f"machine: {bc.machine()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start")
+    print(f"versions: {common.versions()}; backends {backends}")
+    print(f"machine: {common.machine()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start")
     if not args.no_table:
         samples = table(keys, densities, backends, rounds, 4.0 if args.quick else 12.0, 0.01 if args.quick else 0.03)
         if len({s[0] for s in samples}) * len(densities) >= 6:
@@ -528,8 +468,7 @@ def main(argv=None) -> int:
         compose(backends)
     if args.compile:
         compile_times(backends)
-    if bc.TorchProxy.get() is not None:
-        bc.TorchProxy.get().close()
+    common.TorchProxy.stop()
     print(f"\nload average at the end: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 

@@ -32,7 +32,7 @@ Sections (``--sections``; all three by default):
              step, and the compile time (first call minus the steady step; target: event <= 1.5x
              dense).
 
-How: timing is bench_cpu.py's (``bench_cpu.time_group``): interleaved rounds in rotated order, a
+How: timing is bench_cpu.py's (``_common.time_group``): interleaved rounds in rotated order, a
 reference matmul (JAX and torch) before and after each, a round more than 30% slower than the
 quietest re-measured up to three times, medians over the quiet rounds (over all rounds if fewer than
 3 were quiet), ratios as medians of per-round ratios (dense / event: > 1 means the event path is
@@ -56,9 +56,11 @@ import argparse
 import math
 import os
 import sys
-import time
 
+import _common as common
 import numpy as np
+from _common import EVENT_BATCH as BATCH
+from _common import EVENT_CONFIGS as CONFIGS
 
 #: Densities of the layers section.
 DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -107,9 +109,8 @@ def _torch_layer(cfg, batch, density):
     F = torch.nn.functional
     _, spatial, _, _, k, groups = cfg
     x, w, gy = layer_data(cfg, batch, density)
-    xt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x.astype(np.float32), -1, 1)))
-    gt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(gy, -1, 1)))
-    wt = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.moveaxis(w, -1, 0), -1, 1)))  # (C_out, C_in/g, *k)
+    xt, gt = common.to_torch(x.astype(np.float32)), common.to_torch(gy)
+    wt = common.torch_kernel(w)  # (C_out, C_in/g, *k)
     conv = getattr(F, f'conv{len(spatial)}d')
     pad = (k - 1) // 2
     xg, wg = xt.clone().requires_grad_(), wt.clone().requires_grad_()
@@ -123,8 +124,7 @@ def _torch_layer(cfg, batch, density):
 
     def results():
         dx, dw = fb()
-        return {'fwd': (np.moveaxis(fwd().numpy(), 1, -1),),
-                'fb': (np.moveaxis(dw.numpy(), (0, 1), (-1, -2)), np.moveaxis(dx.numpy(), 1, -1))}
+        return {'fwd': (common.from_torch(fwd()),), 'fb': (common.kernel_from_torch(dw), common.from_torch(dx))}
     return {'fwd': fwd, 'fb': fb, 'results': results}
 
 
@@ -133,9 +133,9 @@ def _torch_snn():
     import torch
     F = torch.nn.functional
     events, labels, kernels, readout, bias = snn_data()
-    xs = torch.from_numpy(np.ascontiguousarray(np.moveaxis(events.astype(np.float32), -1, 2)))  # (T, B, C, H, W)
+    xs = common.to_torch(events.astype(np.float32), channels_to=2)  # (T, B, C, H, W)
     ys = torch.from_numpy(labels)
-    params = [torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))).requires_grad_() for k in kernels]
+    params = [common.torch_kernel(k).requires_grad_() for k in kernels]
     params += [torch.from_numpy(readout).requires_grad_(), torch.from_numpy(bias).requires_grad_()]
     decay, v_th = SNN['decay'], SNN['v_th']
 
@@ -174,26 +174,17 @@ def _torch_snn():
 
     def results():
         value, grads = fb()
-        kernels = [g.numpy().transpose(2, 3, 1, 0) for g in grads[:-2]]
+        kernels = [common.kernel_from_torch(g) for g in grads[:-2]]
         return {'fwd': (fwd().numpy(),), 'fb': (value.detach().numpy(), *kernels, grads[-2].numpy(), grads[-1].numpy())}
     return {'fwd': fwd, 'fb': fb, 'results': results}
 
 
-def _torch_worker() -> None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from _torch_serve import serve
-    serve(lambda key: _torch_snn() if key == 'snn' else _torch_layer(*key))
-
-
 if __name__ == '__main__' and '--torch-worker' in sys.argv:
-    _torch_worker()
+    common.serve(lambda key: _torch_snn() if key == 'snn' else _torch_layer(*key))
     sys.exit(0)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-import bench_cpu as bc  # noqa: E402
-import bench_event as be  # noqa: E402
 import brainstate  # noqa: E402
 import braintools  # noqa: E402
 import jax  # noqa: E402
@@ -202,7 +193,7 @@ import jax.numpy as jnp  # noqa: E402
 import brainconv  # noqa: E402
 from brainconv.lowering import event as _event  # noqa: E402
 
-#: bench_cpu.time_group times 'fwd', 'fb' and, where an implementation sets the attribute
+#: _common.time_group times 'fwd', 'fb' and, where an implementation sets the attribute
 #: ``jvp``, a third callable under that name: here the third slot holds the kernel gradient.
 DW = 'jvp'
 MODES = {'fwd': 'forward', DW: 'kernel gradient', 'fb': 'fwd+bwd'}
@@ -212,55 +203,16 @@ TOL = 2e-4
 SNN_TOL = 1e-3
 
 
-class TorchProxy(bc.TorchProxy):
-    """bench_cpu's torch proxy, serving this file's worker."""
-
-    def __init__(self):
-        import subprocess
-        self._proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), '--torch-worker'],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.version, self.threads = self.ask('version')
-
-
-class RemoteImpl(bc.RemoteImpl):
-    """A torch implementation in the worker; a mode it lacks times as NaN."""
-
-    modes = ('fwd', 'fb')
-
-    def time(self, mode, reps):
-        return super().time(mode, reps) if mode in self.modes else math.nan
-
-    def reps(self, mode, target_s):
-        return super().reps(mode, target_s) if mode in self.modes else 1
-
-
-def _torch(key):
-    proxy = TorchProxy.get()
-    if proxy is None:
-        return None
-    proxy.ask('build', key)
-    return RemoteImpl(proxy, key)
-
-
-class Jitted:
-    """Jitted functions on fixed arguments, one per mode, timed like bench_cpu's implementations
-    (``time``, ``reps``); ``first[mode]`` is the first call's time.  A mode it lacks times as NaN."""
+class Jitted(common.Timed):
+    """Jitted functions on fixed arguments, one per mode (the attributes ``fwd``, ``jvp`` = DW, ``fb``),
+    timed by time_group; ``first[mode]`` is the first call's time.  A mode it lacks times as NaN."""
 
     def __init__(self, name: str, calls: dict):
-        self.name, self.lowering, self.calls, self.first = name, '', {}, {}
+        self.name, self.calls, self.first = name, {}, {}
         for mode, (fn, args) in calls.items():
-            call = (lambda f, a: lambda: jax.block_until_ready(f(*a)))(fn, args)
-            t0 = time.perf_counter()
-            call()
-            self.first[mode] = time.perf_counter() - t0
-            self.calls[mode] = call
-        self.jvp = self.calls.get(DW)
-
-    def time(self, mode, reps):
-        return bc._time(self.calls[mode], reps) if mode in self.calls else math.nan
-
-    def reps(self, mode, target_s):
-        return bc._inner_reps(self.calls[mode], target_s) if mode in self.calls else 1
+            self.first[mode] = common.one_call(fn, *args)
+            self.calls[mode] = (lambda f, a: lambda: jax.block_until_ready(f(*a)))(fn, args)
+            setattr(self, mode, self.calls[mode])
 
     def results(self):
         return {mode: tuple(np.asarray(a) for a in jax.tree.leaves(call())) for mode, call in self.calls.items()}
@@ -276,7 +228,7 @@ def check(impls, reference='dense', tol=TOL) -> float:
         for mode, got in impl.results().items():
             if mode not in want:
                 continue
-            err = max(bc._rel_err(a, b) for a, b in zip(got, want[mode]))
+            err = max(common.rel_err(a, b) for a, b in zip(got, want[mode]))
             if not err <= tol:
                 print(f"  !! {name} {MODES.get(mode, mode)} differs from {reference}: max relative error {err:.1e}",
                       flush=True)
@@ -285,7 +237,7 @@ def check(impls, reference='dense', tol=TOL) -> float:
 
 
 def _ms(res, name, mode):
-    return bc._med(res.kept(res.times[(name, mode)])) * 1e3 if (name, mode) in res.times else math.nan
+    return common.med(res.kept(res.times[(name, mode)])) * 1e3 if (name, mode) in res.times else math.nan
 
 
 def _cells(values, fmt):
@@ -302,7 +254,7 @@ def _row(cells):
 
 def layer_functions(key):
     """The config's layer under 'auto' and with lowering='event', and the jitted functions timed."""
-    _, spatial, cin, cout, k, groups = be.CONFIGS[key]
+    _, spatial, cin, cout, k, groups = CONFIGS[key]
     auto = brainconv.Conv(len(spatial), spatial + (cin,), cout, k, groups=groups)
     event = brainconv.Conv(len(spatial), spatial + (cin,), cout, k, groups=groups, lowering='event')
 
@@ -318,34 +270,34 @@ def layer_functions(key):
 
 def layer_impls(key, density, fns):
     auto, forward, kernel_grad, both = fns
-    x, w, gy = layer_data(be.CONFIGS[key], be.BATCH, density)
+    x, w, gy = layer_data(CONFIGS[key], BATCH, density)
     p, xb, xf, g = {'weight': jnp.asarray(w)}, jnp.asarray(x), jnp.asarray(x, jnp.float32), jnp.asarray(gy)
     impls = {'event': Jitted('event', {'fwd': (forward, (p, xb)), DW: (kernel_grad, (p, xb, g)),
                                        'fb': (both['event'], (p, xf, g))}),
              'dense': Jitted('dense', {'fwd': (forward, (p, xf)), DW: (kernel_grad, (p, xf, g)),
                                        'fb': (both['auto'], (p, xf, g))})}
-    torch = _torch((be.CONFIGS[key], be.BATCH, density))
+    torch = common.remote_torch((CONFIGS[key], BATCH, density))
     if torch is not None:
         impls['torch'] = torch
     return impls, int(x.sum())
 
 
 def layers_section(keys, monitor, rounds, budget, target_s):
-    print(f"\n# Layers (batch {be.BATCH}, SAME, float32; ms: medians over quiet rounds; x: dense / event and "
+    print(f"\n# Layers (batch {BATCH}, SAME, float32; ms: medians over quiet rounds; x: dense / event and "
           f"torch / event, medians of per-round ratios, > 1 = event faster)")
     for key in keys:
-        title, spatial, cin, cout, _, groups = be.CONFIGS[key]
+        title, spatial, cin, cout, _, groups = CONFIGS[key]
         fns = layer_functions(key)
         auto = fns[0]
         g = auto.spec.geometry
-        switch = {kind: _event.crossover(g, groups, be.BATCH, cin, cout, kind) / (be.BATCH * math.prod(spatial) * cin)
+        switch = {kind: _event.crossover(g, groups, BATCH, cin, cout, kind) / (BATCH * math.prod(spatial) * cin)
                   for kind in ('forward', 'weight_grad')}
         rows, first = [], None
         for density in DENSITIES:
             impls, nnz = layer_impls(key, density, fns)
             first = first or {n: i.first for n, i in impls.items() if isinstance(i, Jitted)}
             err = check(impls)
-            rows.append((density, nnz, bc.time_group(impls, monitor, rounds, target_s, budget_s=budget), err))
+            rows.append((density, nnz, common.time_group(impls, monitor, rounds, target_s, budget_s=budget), err))
         dense_name = auto.lowering  # float input: what 'auto' picks
         print(f"\n## {key}: {title}   (dense default: '{dense_name}'; the event path's switch runs the dense "
               f"formulation above {switch['forward']:.1%} (forward), {switch['weight_grad']:.1%} (kernel gradient))")
@@ -357,7 +309,7 @@ def layers_section(keys, monitor, rounds, budget, target_s):
             _row(head + ['quiet/rounds', 'max err'])
             print('|' + '---|' * (len(head) + 2))
             for density, nnz, res, err in rows:
-                x = [bc._ratio(res, n, 'event', mode) for n in peers]
+                x = [common.ratio(res, n, 'event', mode) for n in peers]
                 ratios[(mode, density)] = dict(zip(peers, x))
                 _row([f'{density:.0%}', str(nnz)] + _cells([_ms(res, n, mode) for n in ['event'] + peers], '.2f')
                      + _cells(x, '.2f') + [f'{res.quiet}/{res.rounds}', f'{err:.0e}'])
@@ -406,19 +358,18 @@ def streaming_section(monitor, rounds, budget, target_s):
     impls = {'event': Jitted('event', {'fwd': (brainstate.transform.jit(run), (jnp.asarray(xs),))}),
              'dense': Jitted('dense', {'fwd': (brainstate.transform.jit(run), (jnp.asarray(xs, jnp.float32),))})}
     err = check(impls)
-    res = bc.time_group(impls, monitor, rounds, target_s, budget_s=budget)
+    res = common.time_group(impls, monitor, rounds, target_s, budget_s=budget)
     print(f"\n# StreamingConv: Conv3d over (T, {h}x{w}x{c}) -> {s['cout']}, k{s['kernel']}, CAUSAL in time, SAME "
           f"in space, batch {s['batch']}; {s['steps']} steps in a jitted for_loop, frames of {s['density']:.0%} "
           f"spikes, boolean (event) or float32 (dense)")
     _row(['', 'first call s', 'ms per step', 'dense/event'])
     print('|---|---|---|---|')
+    speedup = common.ratio(res, 'dense', 'event', 'fwd')
     for name in impls:
-        ratio = bc._ratio(res, 'dense', 'event', 'fwd') if name == 'event' else math.nan
         _row([name, f"{impls[name].first['fwd']:.2f}", f"{_ms(res, name, 'fwd') / s['steps']:.3f}"]
-             + _cells([ratio], '.2f'))
-    ratio = bc._ratio(res, 'dense', 'event', 'fwd')
-    print(f"quiet/rounds {res.quiet}/{res.rounds}, max err {err:.0e}; target >= 5x: {ratio:.1f}x "
-          f"{'met' if ratio >= 5 else 'MISSED'}")
+             + _cells([speedup if name == 'event' else math.nan], '.2f'))
+    print(f"quiet/rounds {res.quiet}/{res.rounds}, max err {err:.0e}; target >= 5x: {speedup:.1f}x "
+          f"{'met' if speedup >= 5 else 'MISSED'}")
 
 
 # --------------------------------------------------------------------------- #
@@ -508,11 +459,11 @@ def snn_section(monitor, rounds, budget, target_s):
     impls = {'event': snn_impl('event', 'event', ev, lab), 'dense': snn_impl('dense', None, frames, lab),
              'lax': snn_impl('lax', 'lax', frames, lab),
              'brainstate': snn_impl('brainstate', 'brainstate', frames, lab)}
-    torch = _torch('snn')
+    torch = common.remote_torch('snn')
     if torch is not None:
         impls['torch'] = torch
     err = check(impls, tol=SNN_TOL)
-    res = bc.time_group(impls, monitor, rounds, target_s, budget_s=budget)
+    res = common.time_group(impls, monitor, rounds, target_s, budget_s=budget)
     sizes = ' -> '.join(f"conv{c}{' s2' if s == 2 else ''}" for _, c, s in SNN_CONVS)
     print(f"\n# Spiking network, BPTT: 32x32x2 events ({SNN['density']:.0%}, {SNN['steps']} steps, batch "
           f"{SNN['batch']}) -> {sizes} (k3, LIF after each) -> readout {SNN['classes']}")
@@ -531,7 +482,7 @@ def snn_section(monitor, rounds, budget, target_s):
         else:
             first = comp = '-'
         _row([name] + _cells(ms, '.1f') + [first, comp])
-    ratios = {(n, m): bc._ratio(res, n, 'event', m) for n in impls if n != 'event' for m in ('fwd', 'fb')}
+    ratios = {(n, m): common.ratio(res, n, 'event', m) for n in impls if n != 'event' for m in ('fwd', 'fb')}
     print(f"quiet/rounds {res.quiet}/{res.rounds}, max err {err:.0e}; "
           + '; '.join(f"{n}/event forward {ratios[(n, 'fwd')]:.2f}x, train step {ratios[(n, 'fb')]:.2f}x"
                       for n in impls if n != 'event'))
@@ -550,15 +501,13 @@ def main(argv=None) -> int:
     sections = [s.strip() for s in args.sections.split(',') if s.strip()]
     rounds = args.rounds or (3 if args.quick else 7)
     budget, target_s = (2.0, 0.01) if args.quick else (8.0, 0.03)
-    bc.TorchProxy._tried = True  # bench_cpu's LoadMonitor and versions() then use this file's worker
-    import importlib.util
-    bc.TorchProxy._instance = TorchProxy() if importlib.util.find_spec('torch') is not None else None
+    common.TorchProxy.start(__file__)  # LoadMonitor and versions() then use this file's worker
     _event.backend()  # build or load the kernels' library now, outside every first-call time
     load = os.getloadavg()
     print("# brainconv's event path in layers, a streaming step and a spiking network, on CPU")
-    print(f"versions: {bc.versions()}; event backend {_event.backend()}")
-    print(f"machine: {bc.machine()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start")
-    monitor = bc.LoadMonitor()
+    print(f"versions: {common.versions()}; event backend {_event.backend()}")
+    print(f"machine: {common.machine()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start")
+    monitor = common.LoadMonitor()
     print(f"reference matmul (768^3 float32, jax): {monitor.gflops():.0f} GFLOP/s; up to {rounds} rounds, "
           f"{budget:.0f} s of timing per group", flush=True)
     if 'layers' in sections:
@@ -567,8 +516,7 @@ def main(argv=None) -> int:
         streaming_section(monitor, rounds, budget, target_s)
     if 'snn' in sections:
         snn_section(monitor, rounds, budget, target_s)
-    if bc.TorchProxy.get() is not None:
-        bc.TorchProxy.get().close()
+    common.TorchProxy.stop()
     print(f"\nload average at the end: {' / '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 

@@ -32,13 +32,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
+from _common import interleaved, med, timed
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
@@ -56,10 +56,6 @@ CONFIGS = {
     '3d': dict(title='Conv3d T100 32x32x2 ->16 k5x3x3 batch 8', nd=3, frame=(32, 32, 2), T=100, cout=16,
                kernel=(5, 3, 3), rhs_dilation=1, padding=((4, 0), (1, 1), (1, 1)), batch=8),
 }
-
-
-def _block(x):
-    return jax.tree.map(lambda a: a.block_until_ready(), x)
 
 
 def build(cfg):
@@ -146,23 +142,16 @@ def _args(a):
 
 
 def measure(impls, rounds, reference):
-    compile_s, times = {}, {name: [] for name in impls}
+    """Each implementation's first call (seconds; its output checked against ``reference``), then
+    ``rounds`` interleaved rounds of one call each."""
+    compile_s = {}
     for name, (fn, a) in impls.items():
-        start = time.perf_counter()
-        y = _block(fn(*_args(a)))
-        compile_s[name] = time.perf_counter() - start
+        y, compile_s[name] = timed(fn, *_args(a))
         if name != 'full':
             got = np.moveaxis(np.asarray(y), 0, 1)
             err = float(np.max(np.abs(got - reference)))
             assert err < 1e-3 * max(1.0, float(np.max(np.abs(reference)))), (name, err)
-    names = list(impls)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, a = impls[name]
-            start = time.perf_counter()
-            _block(fn(*_args(a)))
-            times[name].append(time.perf_counter() - start)
-    return compile_s, times
+    return compile_s, interleaved({name: functools.partial(fn, *_args(a)) for name, (fn, a) in impls.items()}, rounds)
 
 
 def main(argv=None):
@@ -185,8 +174,8 @@ def main(argv=None):
         print(f'\n{key}: {cfg["title"]}  (full convolution lowering: {conv.lowering})')
         print(f'  {"impl":10s} {"compile s":>10s} {"median ms":>10s} {"ratio to full":>14s}')
         for name in impls:
-            ratio = statistics.median(t / f for t, f in zip(times[name], full))
-            print(f'  {name:10s} {compile_s[name]:10.2f} {1e3 * statistics.median(times[name]):10.2f} {ratio:14.2f}')
+            ratio = med(t / f for t, f in zip(times[name], full))
+            print(f'  {name:10s} {compile_s[name]:10.2f} {1e3 * med(times[name]):10.2f} {ratio:14.2f}')
 
 
 if __name__ == '__main__':

@@ -17,12 +17,13 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import median_of
 from jax import lax
 
 from brainconv import lowering as L
@@ -43,16 +44,6 @@ def geometry(spatial, k, s, d, pads) -> ConvGeometry:
     nd = len(spatial)
     out = tuple(conv_out_length(n, k, s, lo, hi, d=d) for n, (lo, hi) in zip(spatial, pads))
     return ConvGeometry(tuple(spatial), out, (k,) * nd, (s,) * nd, tuple(pads), (1,) * nd, (d,) * nd)
-
-
-def median_ms(fn, *args, n=7) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def run_case(name: str) -> str:
@@ -81,8 +72,8 @@ def run_case(name: str) -> str:
         def scanned(xs, gy, fn=fn):
             return lax.scan(lambda c, xi: (c + fn(xi, gy), None), zero, xs)[0]
 
-        top = median_ms(jax.jit(fn), x, gy)
-        step = median_ms(jax.jit(scanned), jnp.stack([x] * STEPS), gy, n=3) / STEPS
+        top = median_of(functools.partial(jax.jit(fn), x, gy), 7) * 1e3
+        step = median_of(functools.partial(jax.jit(scanned), jnp.stack([x] * STEPS), gy), 3) * 1e3 / STEPS
         cells.append(f"{way} {top:.1f} / {step:.1f} (err {err:.0e})")
     return f"{name}: " + ' | '.join(cells)
 
