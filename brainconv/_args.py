@@ -19,9 +19,12 @@ from .shapes import (
     ConvGeometry,
     Padding,
     Pads,
+    axis_window_counts,
     conv_geometry,
+    conv_out_length,
     conv_transpose_geometry,
     per_axis,
+    resolve_pads,
 )
 
 _MODE_ALIASES = {
@@ -93,12 +96,12 @@ def _one_or(nd: int) -> str:
     return str(nd) if nd == 1 else f'1 or {nd}'
 
 
-def in_size(value: Any, nd: int, channel_first: bool) -> Tuple[int, ...]:
+def in_size(value: Any, nd: int, channel_first: bool, what: str = 'convolution') -> Tuple[int, ...]:
     layout = '(C, *spatial)' if channel_first else '(*spatial, C)'
     seq = as_sequence(value)
     if not isinstance(seq, tuple) or len(seq) != nd + 1:
         raise ValueError(f"in_size must be a sequence of {nd + 1} ints {layout} for a "
-                         f"{nd}-d convolution, got {value!r}")
+                         f"{nd}-d {what}, got {value!r}")
     if not all(is_int(v) for v in seq):
         raise TypeError(f"in_size must hold ints, got {value!r}")
     if any(v < 1 for v in seq):
@@ -284,6 +287,13 @@ def is_spikes(x: Any) -> bool:
     array."""
     dtype = getattr(x, 'dtype', None)
     return dtype is not None and (np.issubdtype(np.dtype(dtype), np.integer) or np.dtype(dtype) == np.bool_)
+
+
+def density(value: Any) -> float:
+    """A fraction of non-zero inputs, in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"density must be a number in [0, 1] (the fraction of non-zero inputs), got {value!r}")
+    return float(value)
 
 
 def kernel_shape(shape: Sequence[int], expected: Sequence[int]) -> None:
@@ -513,3 +523,28 @@ def separable_specs(nd, in_size_, out_channels, kernel_size, stride, padding_, l
                           cin, padding_mode_, channel_first)
     pointwise = conv_spec(nd, depthwise.out_size, cout, 1, 1, 'VALID', 1, 1, 1, 'ZEROS', channel_first)
     return depthwise, pointwise
+
+
+def pool_spec(nd, in_size_, kernel_size, stride, padding_, channel_first) -> ConvSpec:
+    """Validate a pooling layer's arguments: a window over each channel on its own (a depthwise
+    convolution's geometry, ``groups`` = channels, no weights); ``stride`` None is ``kernel_size``.
+    Every window must hold at least one input position (not only pads)."""
+    nd = num_spatial_dims(nd)
+    size = in_size(in_size_, nd, channel_first, 'pooling')
+    cin, spatial = (size[0], size[1:]) if channel_first else (size[-1], size[:-1])
+    k = int_tuple(kernel_size, nd, 'kernel_size')
+    s = k if stride is None else int_tuple(stride, nd, 'stride')
+    pad = padding(padding_, nd)
+    ones = (1,) * nd
+    for axis, (n, kk, ss, (lo, hi)) in enumerate(zip(spatial, k, s, resolve_pads(pad, spatial, k, s, ones))):
+        if n + lo + hi < kk:
+            raise ValueError(f"kernel_size must fit in the padded input: {kk} on axis {axis}, whose input has "
+                             f"{n} positions and pads {(lo, hi)}; got kernel_size={kernel_size!r}")
+        counts = axis_window_counts(n, kk, ss, lo, conv_out_length(n, kk, ss, lo, hi))
+        if 0 in counts:
+            raise ValueError(f"padding must leave an input position in every window, got padding={padding_!r}: "
+                             f"pads {(lo, hi)} on axis {axis} (input {n}, kernel_size {kk}, stride {ss}) put "
+                             f"window {counts.index(0)} entirely in the padding (pads must be smaller than the "
+                             f"kernel size, and leave the last window an input position)")
+    geometry = conv_geometry(spatial, k, s, pad, ones, ones)
+    return ConvSpec(size, cin, cin, cin, pad, 'ZEROS', bool(channel_first), geometry)

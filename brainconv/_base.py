@@ -108,15 +108,36 @@ class _ConvBase(brainstate.nn.Module):
     channels_last = property(lambda self: not self.spec.channel_first)
     pads = property(lambda self: self.spec.geometry.pads, doc="Resolved (low, high) pads per spatial axis.")
 
+    def _resolve_args(self) -> Tuple[Any, int, int, int]:
+        """``(geometry, groups, in_channels, out_channels)`` of the convolution whose formulation
+        :attr:`lowering` and :meth:`formulation` report."""
+        return self.spec.geometry, self.groups, self.in_channels, self.out_channels
+
     @property
     def lowering(self) -> str:
-        """The formulation this layer's convolution runs as now (:mod:`brainconv.lowering`).
+        """The formulation this layer's convolution runs as now for a float input
+        (:mod:`brainconv.lowering`): the layer's ``lowering`` argument if it named one, else the
+        global setting, with ``'auto'`` resolved for the default backend.  ``'event'`` is a
+        run-time switch between the event kernel and a dense formulation: :meth:`formulation`
+        says which runs for a given input."""
+        return _lowering.resolve(self._lowering, *self._resolve_args())
 
-        The layer's ``lowering`` argument if it named one, else the global
-        setting, with ``'auto'`` resolved for the default backend.
+    def formulation(self, x: Any = None, *, density: float | None = None) -> _lowering.Choice:
+        """Which formulation this layer's convolution runs as for the input ``x``, without reading HLO.
+
+        ``x``: an input ``(*batch, *in_size)`` -- an array, a nested list, a brainevent
+        ``BinaryArray`` or a ``jax.ShapeDtypeStruct`` -- whose kind (boolean or integer spikes, or
+        floats), batch size and, where its values are at hand, density decide; None: one float
+        example.  ``density`` (the fraction of non-zero inputs) overrides the measured one.  The
+        :class:`brainconv.lowering.Choice` prints in words (``print(layer.formulation(x))``) and
+        says which map runs the event kernel (``.forward``, ``.kernel_grad``).  To see the
+        branches a running program takes, :func:`brainconv.lowering.report_branches`.
         """
-        return _lowering.resolve(self._lowering, self.spec.geometry, self.groups, self.in_channels,
-                                 self.out_channels)
+        spikes, n_batch, measured = _input_facts(x, self.in_size)
+        with _lowering.spike_input(spikes):
+            name = self.lowering
+        return _lowering.describe(name, *self._resolve_args(), n_batch=n_batch,
+                                  density=measured if density is None else _args.density(density))
 
     @property
     def num_params(self) -> int:
@@ -224,8 +245,10 @@ class _ConvBase(brainstate.nn.Module):
         g = self.spec.geometry
         padding = _padding_label(self.spec.padding)
         mode = '' if self.spec.padding_mode == 'ZEROS' else f' {self.spec.padding_mode}'
+        choice = self.formulation()
+        lowering = choice.formulation if choice.dense is None else f'{choice.formulation}|{choice.dense}'
         return [f"kernel={g.kernel_size}", f"stride={g.stride}", f"padding={padding}{mode} {g.pads}",
-                f"groups={self.groups}", f"params={self.num_params}", f"lowering={self.lowering}"]
+                f"groups={self.groups}", f"params={self.num_params}", f"lowering={lowering}"]
 
     def _dtype_items(self) -> list:
         """The dtype options that differ from the defaults."""
@@ -235,6 +258,23 @@ class _ConvBase(brainstate.nn.Module):
     def __repr__(self) -> str:
         items = ', '.join(self._repr_items() + self._dtype_items())
         return f"{type(self).__name__}({self.in_size} -> {self.out_size}, {items})"
+
+
+def _input_facts(x: Any, in_size: Sequence[int]) -> Tuple[bool, int, float | None]:
+    """``(spikes, batch size, density)`` of an example input (density None where its values are not
+    at hand: a ShapeDtypeStruct, a tracer, or no input)."""
+    if x is None:
+        return False, 1, None
+    if isinstance(x, jax.ShapeDtypeStruct):
+        xm = x
+    else:
+        xm, _ = _units.split(x)
+    shape = tuple(np.shape(xm)) if not isinstance(xm, jax.ShapeDtypeStruct) else tuple(xm.shape)
+    n_batch = math.prod(shape[:len(shape) - len(tuple(in_size))])
+    density = None
+    if not isinstance(xm, (jax.ShapeDtypeStruct, jax.core.Tracer)) and math.prod(shape):
+        density = float(np.count_nonzero(np.asarray(xm))) / math.prod(shape)
+    return _args.is_spikes(xm), n_batch, density
 
 
 def _padding_label(padding: Padding) -> str:

@@ -24,7 +24,7 @@ def split(x: Any) -> Tuple[Any, u.Unit | None]:
     if isinstance(x, (list, tuple)):
         return jnp.asarray(x), None
     if type(x).__name__ == 'BinaryArray' and type(x).__module__.split('.')[0] == 'brainevent':
-        return jnp.asarray(x.value) != 0, None
+        return jnp.asarray(x.value).astype(bool), None
     if isinstance(x, u.Quantity):
         unit = x.unit
         if unit.is_unitless:

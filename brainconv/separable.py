@@ -17,7 +17,6 @@ import braintools
 import jax.numpy as jnp
 
 from . import _args, _braintrace, _units, functional
-from . import lowering as _lowering
 from ._base import Init, IntOrSeq, _as_dtype, _ConvBase, _fixed_rank, _materialize, _show_signature
 from ._docs import _CALL, _DTYPE_ARGS, _LOWERING_ARG, _SHARED_ARGS, _SHARED_TAIL
 from .shapes import Padding
@@ -146,11 +145,9 @@ class SeparableConv(_ConvBase):
     kernel_shape = property(lambda self: self.spec.kernel_shape, doc="The depthwise kernel's shape.")
     pointwise_shape = property(lambda self: self.pointwise_spec.kernel_shape, doc="The pointwise kernel's shape.")
 
-    @property
-    def lowering(self) -> str:
-        """The formulation the depthwise convolution runs as now (:mod:`brainconv.lowering`)."""
-        return _lowering.resolve(self._lowering, self.spec.geometry, self.groups, self.in_channels,
-                                 self.spec.out_channels)
+    def _resolve_args(self):
+        """The depthwise convolution's: :attr:`lowering` and :meth:`formulation` report its formulation."""
+        return self.spec.geometry, self.groups, self.in_channels, self.spec.out_channels
 
     def kernel(self, params: dict | None = None) -> Tuple[Any, Any]:
         """The ``(depthwise, pointwise)`` kernels."""

@@ -113,7 +113,11 @@ def test_spikes_against_the_oracle(kind):
     layer = CASES[kind]()
     batch = (2,)
     shape = batch + tuple(layer.in_size)
-    assert _runs_event(layer, jnp.zeros(shape, bool)) and not _runs_event(layer, jnp.zeros(shape))
+    assert _runs_event(layer, jnp.zeros(shape, bool))
+    # float inputs take the switch too where the event kernel can pay for this geometry
+    g = layer.spec.geometry
+    pays = _event.cost.may_pay(g, layer.groups, layer.in_channels, layer.spec.out_channels)
+    assert _runs_event(layer, jnp.zeros(shape)) == pays
     r = np.random.default_rng(1).standard_normal(batch + tuple(layer.out_size)).astype(np.float32)
 
     @jax.jit
@@ -297,3 +301,32 @@ def test_a_binary_array_is_its_non_zeros():
     ones = (marked != 0).astype(np.float32)
     assert _runs_event(layer, brainevent.BinaryArray(jnp.asarray(marked)))
     np.testing.assert_allclose(layer(brainevent.BinaryArray(jnp.asarray(marked))), _expected(layer, ones), **TOL)
+
+
+def test_the_formulation_a_layer_runs_is_visible():
+    """layer.formulation(x) says which formulation runs for an input (kind, batch, density) and,
+    for the event switch, which branch: the same branch the switch takes when the program runs
+    (report_branches records it)."""
+    layer = brainconv.Conv2d((15, 15, 12), 32, 5, padding='VALID', w_init=cheap_init())
+    sparse = _spikes((16, 15, 15, 12), 0.02, seed=7).astype(np.float32)
+    dense = np.abs(np.random.default_rng(8).standard_normal((16, 15, 15, 12))).astype(np.float32)
+    low, high = layer.formulation(sparse), layer.formulation(dense)
+    assert low.formulation == high.formulation == 'event' and low.dense == 'lax_vjp'
+    assert (low.forward, low.kernel_grad) == ('event kernel', 'event kernel') and high.forward == 'lax_vjp'
+    assert 0 < low.forward_limit < 1 and str(low).startswith('event at 1.99% non-zero inputs: event kernel') and 'lax_vjp' in repr(layer)
+    shaped = layer.formulation(jax.ShapeDtypeStruct((16, 15, 15, 12), jnp.bool_))
+    assert shaped.density is None and 'up to' in str(shaped)
+    assert layer.formulation(density=0.9).forward == 'lax_vjp'
+    assert brainconv.Conv2d((15, 15, 12), 32, 5, lowering='taps').formulation(sparse).forward == 'taps'
+    assert brainconv.LocalConv2d((6, 6, 2), 3, 3).formulation().formulation == 'patches'
+    with pytest.raises(ValueError, match='density'):
+        layer.formulation(density=1.5)
+    run = jax.jit(jax.value_and_grad(lambda p, a: jnp.sum(layer.apply(p, a) ** 2)))
+    with _lowering.event_branch(None), _lowering.report_branches() as log:
+        run(layer.weight.value, jnp.asarray(sparse))
+        run(layer.weight.value, jnp.asarray(dense))
+    jax.effects_barrier()
+    taken = [(r.kind, r.branch) for r in log]
+    assert taken == [('forward', 'event'), ('weight_grad', 'event'), ('forward', 'lax_vjp'),
+                     ('weight_grad', 'lax_vjp')], taken
+    assert all(r.input_shape == (16, 15, 15, 12) and r.limit > 0 for r in log)

@@ -81,7 +81,8 @@ The package, one room per concept (imports run down this list, never up):
 * :mod:`~brainconv.lowering.event` -- the event kernels, their cost model, the density switch;
 * :mod:`~brainconv.lowering.auto` -- ``'auto'``'s rules;
 * :mod:`~brainconv.lowering.formulations` -- the table of formulations;
-* :mod:`~brainconv.lowering.primitives` -- the two primitives and their transform rules.
+* :mod:`~brainconv.lowering.primitives` -- the two primitives and their transform rules;
+* :mod:`~brainconv.lowering.report` -- which formulation runs, in words, and which branch a switch took.
 """
 
 from .auto import choose, resolve
@@ -100,8 +101,9 @@ from .dense import direct, lax_conv
 from .event.switch import nonzero_estimate
 from .kernel_grad import weight_grad
 from .primitives import FORMULATIONS, conv_core, conv_p, weight_grad_p
+from .report import Branch, Choice, describe, report_branches
 
 __all__ = ['LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering', 'choose', 'resolve', 'conv_core',
            'spike_input', 'event_branch', 'trace_context', 'restore_context', 'accumulation_dtype',
            'adjoint_kernel', 'direct', 'lax_conv', 'weight_grad', 'nonzero_estimate', 'FORMULATIONS', 'conv_p',
-           'weight_grad_p']
+           'weight_grad_p', 'Choice', 'Branch', 'describe', 'report_branches']

@@ -10,9 +10,18 @@ from .. import _args
 from ..shapes import ConvGeometry
 from . import context, cpu, fft
 from .common import _lhs_dilated
+from .event import cost as event_cost
 from .event import kernels as event_kernels
 
 __all__ = ['choose', 'resolve']
+
+#: Whether ``'auto'`` on CPU runs float inputs through the event formulation too (boolean, integer
+#: and ``BinaryArray`` spikes always take it): a spiking layer's input comes out of a neuron as
+#: float 0/1, which only the data tells from any other float input, so the run-time density switch
+#: (:mod:`brainconv.lowering.event.switch`) decides between the event kernel and the dense
+#: formulation :func:`choose` picks.  For floats only geometries where the event kernel can pay at
+#: all (:func:`brainconv.lowering.event.cost.may_pay`) get the switch.
+EVENT_FOR_FLOATS = True
 
 def choose(geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int,
            backend: str) -> str:
@@ -80,12 +89,14 @@ def _thin_strided_2d(geometry: ConvGeometry, in_channels: int) -> bool:
 def resolve(lowering: str | None, geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int,
             backend: str | None = None) -> str:
     """The formulation that runs: ``lowering`` if it names one, else the global
-    setting, and ``'auto'`` through :func:`choose` for ``backend`` (default:
-    ``jax.default_backend()``)."""
+    setting, and ``'auto'`` for ``backend`` (default: ``jax.default_backend()``): on CPU
+    ``'event'`` where its kernels run here and can pay for this geometry (for spike inputs, and
+    for float inputs while :data:`EVENT_FOR_FLOATS`), else :func:`choose`."""
     name = _args.lowering(lowering) or context.get_lowering()
     if name != 'auto':
         return name
     backend = backend or jax.default_backend()
-    if context.spikes() and backend == 'cpu' and event_kernels.available():
+    if backend == 'cpu' and event_kernels.available() and (context.spikes() or (
+            EVENT_FOR_FLOATS and event_cost.may_pay(geometry, groups, in_channels, out_channels))):
         return 'event'
     return choose(geometry, groups, in_channels, out_channels, backend)

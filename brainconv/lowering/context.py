@@ -34,6 +34,9 @@ _SPIKES = contextvars.ContextVar('brainconv_spike_input', default=False)
 #: (:func:`event_branch`); None: the switch decides by the non-zero count.
 _EVENT_BRANCH = contextvars.ContextVar('brainconv_event_branch', default=None)
 
+#: The list :func:`brainconv.lowering.report.report_branches` records event switches into, or None.
+_BRANCH_LOG = contextvars.ContextVar('brainconv_branch_log', default=None)
+
 #: True while a primitive is being lowered for XLA:CPU (read by
 #: :func:`brainconv.lowering.cpu._ynn_escape`, a CPU-only rule, and by the event switch).
 _LOWERING_FOR_CPU = contextvars.ContextVar('brainconv_lowering_for_cpu', default=False)

@@ -7,11 +7,12 @@ import math
 
 import jax.numpy as jnp
 
-from ...shapes import ConvGeometry
+from ...shapes import ConvGeometry, transpose_as_conv
 from .kernels import backend
 from .plan import _plan
 
-__all__ = ['cost_features', 'event_cost', 'dense_cost', 'crossover', 'COST_TERMS', 'EVENT_COST', 'DENSE_COST']
+__all__ = ['cost_features', 'event_cost', 'dense_cost', 'crossover', 'crossover_density', 'may_pay', 'COST_TERMS',
+           'EVENT_COST', 'DENSE_COST']
 
 #: The terms of :func:`cost_features`, in order.
 COST_TERMS = ('call', 'scan', 'out', 'pair', 'mac')
@@ -99,3 +100,24 @@ def crossover(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, k
         return 0
     total = n_batch * math.prod(g.in_spatial) * cin
     return int(min(total, spare / per_event)) if per_event > 0 else total
+
+
+def crossover_density(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward',
+                      backend_name: str | None = None) -> float:
+    """:func:`crossover` as a fraction of the input's elements: the density up to which the event
+    kernel is predicted to be the faster (0: never)."""
+    return crossover(g, groups, n_batch, cin, cout, kind, backend_name) / (n_batch * math.prod(g.in_spatial) * cin)
+
+
+#: The batch :func:`may_pay` judges at: large enough that the per-call cost does not decide.
+_NOMINAL_BATCH = 64
+
+
+def may_pay(g: ConvGeometry, groups: int, cin: int, cout: int, backend_name: str | None = None) -> bool:
+    """Whether the event kernel is predicted to be the faster map, forward or kernel gradient, at
+    some density (:func:`crossover` > 0 at a large batch): where it never is, ``'auto'`` does not
+    put a run-time switch in front of the dense formulation."""
+    if g.transposed:
+        g = transpose_as_conv(g)
+    return any(crossover(g, groups, _NOMINAL_BATCH, cin, cout, kind, backend_name) > 0
+               for kind in ('forward', 'weight_grad'))

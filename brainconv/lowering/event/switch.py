@@ -4,8 +4,9 @@ non-zero count against the cost model's crossover."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from ..context import _LOWERING_FOR_CPU, _LOWERING_SPMD
 from ..formulations import DENSE, Formulation
 from . import cost, kernels
 
-__all__ = ['EVENT', 'nonzero_estimate', 'dense_name']
+__all__ = ['EVENT', 'Branch', 'nonzero_estimate', 'dense_name']
 
 def dense_name(formulation: str, geometry: ConvGeometry, groups: int, in_channels: int, out_channels: int) -> str:
     """``formulation``, or for ``'event'`` the dense formulation ``'auto'`` picks on CPU."""
@@ -69,9 +70,32 @@ def _event_map(kind: str) -> Callable:
         limit = cost.crossover(g, groups, x.shape[0], cin, cout, kind)
         if limit <= 0:
             return dense_fn(x, other, g, groups)
-        return lax.cond(nonzero_estimate(x) <= limit, functools.partial(event_fn, g=g, groups=groups),
+        nnz = nonzero_estimate(x)
+        log = context._BRANCH_LOG.get()
+        if log is not None:   # report_branches(): record this run's branch when it runs
+            dense_label = dense_name('event', g, groups, cin, cout)
+            jax.debug.callback(functools.partial(_record, log, kind, tuple(x.shape), limit, dense_label), nnz)
+        return lax.cond(nnz <= limit, functools.partial(event_fn, g=g, groups=groups),
                         functools.partial(dense_fn, g=g, groups=groups), x, other)
     return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+    """One run of one event switch (:func:`report_branches`): the map (``'forward'`` or
+    ``'weight_grad'``), the input's shape, its (estimated) non-zeros, the switch's limit, and the
+    branch taken (``'event'`` or the dense formulation's name)."""
+
+    kind: str
+    input_shape: Tuple[int, ...]
+    nonzeros: float
+    limit: int
+    branch: str
+
+
+def _record(log, kind, shape, limit, dense_label, nnz) -> None:
+    n = float(nnz)
+    log.append(Branch(kind, shape, n, limit, 'event' if n <= limit else dense_label))
 
 
 #: The event formulation's two maps.
