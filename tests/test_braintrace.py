@@ -62,7 +62,7 @@ def _branches(lowering):
     """name -> (layer, how the branch reads the (B, 6, 6, 4) input, extra batch axes of its output)."""
     low = dict(lowering=lowering)
     cf = lambda x: jnp.moveaxis(x, -1, 1)  # noqa: E731
-    frames = lambda x: jnp.stack([x, 0.5 * x, 0.25 * x], axis=1)  # noqa: E731
+    frames = lambda x: jnp.stack([x, x[:, ::-1], x[:, :, ::-1]], axis=1)  # noqa: E731  (spikes too)
     same = lambda x: x  # noqa: E731
     return {
         'stride-reflect-bias': (brainconv.Conv2d(IN, 4, 3, stride=2, padding_mode='REFLECT', b_init=BIAS,
@@ -92,9 +92,9 @@ def _branches(lowering):
         'conv3d-strided': (brainconv.Conv3d((3, 6, 6, 4), 2, 2, stride=(1, 2, 2), w_init=_init(13), **low),
                            frames, ()),
         'conv4d': (brainconv.Conv(4, (2, 3, 6, 6, 4), 2, 2, b_init=BIAS, w_init=_init(14), **low),
-                   lambda x: jnp.stack([frames(x), -frames(x)], axis=1), ()),
+                   lambda x: jnp.stack([frames(x), frames(x)[:, ::-1]], axis=1), ()),
         'two-batch-axes': (brainconv.Conv2d(IN, 3, 3, b_init=BIAS, w_init=_init(15), **low),
-                           lambda x: jnp.stack([x, -x], axis=1), (2,)),
+                           lambda x: jnp.stack([x, x[..., ::-1]], axis=1), (2,)),
         'streaming': (brainconv.Conv2d((5, 6, 4), 3, (2, 3), padding=((1, 0), (1, 1)), b_init=BIAS,
                                        w_init=_init(16), **low).streaming(), lambda x: x[:, 0], ()),
         # output in mS, divided by mS before the neuron; the bias in uS (scaled into mS inside the op)
@@ -141,6 +141,12 @@ def xs():
     return jnp.asarray(np.random.default_rng(0).uniform(0., 2., (T, BATCH) + IN), jnp.float32)
 
 
+@pytest.fixture(scope='module')
+def spikes(xs):
+    """Boolean spikes (about 30% active): what the network runs on under 'auto'."""
+    return xs > 1.4
+
+
 def _online(net, algorithm, xs, **options):
     learner = braintrace.compile(net, algorithm, xs[0], batch_size=BATCH, **options)
     grads = learner.etrace_grad(xs, step_fn=lambda x: _loss(learner(x)))
@@ -168,10 +174,12 @@ CORE_GEOMETRIES = ('stride-reflect-bias', 'depthwise-multiplier-replicate-bias',
 
 
 @pytest.mark.parametrize('lowering', [None] + list(brainconv.LOWERINGS))
-def test_d_rtrl_equals_bptt(lowering, xs):
-    """D_RTRL's online gradient of every parameter of every layer kind and option equals BPTT's."""
+def test_d_rtrl_equals_bptt(lowering, xs, spikes):
+    """D_RTRL's online gradient of every parameter of every layer kind and option equals BPTT's
+    (under 'auto' on boolean spikes, which take the event path; float inputs elsewhere)."""
     brainstate.random.seed(0)
     net = _Branches(lowering, None if lowering in (None, 'lax') else CORE_GEOMETRIES)
+    xs = spikes if lowering is None else xs
     learner, grads = _online(net, braintrace.D_RTRL, xs)
     want = _bptt(net, xs)
     params = net.states(brainstate.ParamState)
@@ -185,11 +193,12 @@ def test_d_rtrl_equals_bptt(lowering, xs):
             assert err < 1e-5, (lowering, path, key, err)
 
 
-def test_pp_prop_learns_every_weight(xs):
-    """pp_prop (ES_D_RTRL): every brainconv weight traced, finite, non-zero online gradients."""
+def test_pp_prop_learns_every_weight(spikes):
+    """pp_prop (ES_D_RTRL): every brainconv weight traced, finite, non-zero online gradients, on
+    boolean spikes (test_spike_matrix.py: they give float spikes' numbers)."""
     brainstate.random.seed(0)
     net = _Branches(None)
-    learner, grads = _online(net, braintrace.pp_prop, xs, decay_or_rank=0.9)
+    learner, grads = _online(net, braintrace.pp_prop, spikes, decay_or_rank=0.9)
     params = net.states(brainstate.ParamState)
     assert {path for path, _ in learner.report.etrace_weights} == set(params)
     for path in params:
@@ -333,7 +342,7 @@ def test_transforms_through_the_traced_op():
 
     for kind in ('conv-stride-circular', 'depthwise-bias', 'transposed-circular-grouped-1d', 'scaled-ws'):
         brainstate.random.seed(7)
-        layer = tt.LAYERS[kind]()
+        layer = {**tt.LAYERS, **tt.FEATURE_LAYERS}[kind]()
         x = jnp.asarray(np.random.default_rng(3).standard_normal((2,) + layer.in_size), jnp.float32)
         run = jax.jit(lambda p, a, layer=layer: tt._transforms(layer, a, p))
         traced = run(layer.weight.value, x)
