@@ -217,7 +217,8 @@ def _reproducer(form, algorithm):
         brainstate.random.seed(0)
         options = dict(decay_or_rank=0.9) if algorithm == 'pp_prop' else {}
         learner = braintrace.compile(Net(), getattr(braintrace, algorithm), xs[0], batch_size=BATCH, **options)
-        grads = learner.etrace_grad(xs, step_fn=lambda x: jnp.sum(learner(x) * jnp.cos(jnp.arange(4.))[None, None, None]))
+        weights = jnp.cos(jnp.arange(4.))[None, None, None]
+        grads = learner.etrace_grad(xs, step_fn=lambda x: jnp.sum(learner(x) * weights))
     return grads[('conv', 'weight')]['weight']
 
 
