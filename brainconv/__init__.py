@@ -22,6 +22,7 @@ from .layers import (
 )
 from .local import LocalConv, LocalConv1d, LocalConv2d, LocalConv3d, local_conv
 from .lowering import LOWERINGS, get_lowering, set_lowering, use_lowering
+from .pooling import AvgPool, AvgPool1d, AvgPool2d, AvgPool3d, MaxPool, MaxPool1d, MaxPool2d, MaxPool3d
 from .recurrent import (
                      ConvGRUCell,
                      ConvGRUCell1d,
@@ -46,6 +47,7 @@ __all__ = [
     'ConvGRUCell', 'ConvGRUCell1d', 'ConvGRUCell2d', 'ConvGRUCell3d',
     'LocalConv', 'LocalConv1d', 'LocalConv2d', 'LocalConv3d', 'local_conv',
     'SeparableConv', 'SeparableConv1d', 'SeparableConv2d', 'SeparableConv3d',
+    'MaxPool', 'MaxPool1d', 'MaxPool2d', 'MaxPool3d', 'AvgPool', 'AvgPool1d', 'AvgPool2d', 'AvgPool3d',
     'functional', 'shapes', 'summary', 'receptive_field', '__version__',
     'StreamingConv',
     'lowering', 'LOWERINGS', 'set_lowering', 'get_lowering', 'use_lowering',

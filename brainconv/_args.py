@@ -530,6 +530,7 @@ def pool_spec(nd, in_size_, kernel_size, stride, padding_, channel_first) -> Con
     convolution's geometry, ``groups`` = channels, no weights); ``stride`` None is ``kernel_size``.
     Every window must hold at least one input position (not only pads)."""
     nd = num_spatial_dims(nd)
+    channel_first = flag(channel_first, 'channel_first')
     size = in_size(in_size_, nd, channel_first, 'pooling')
     cin, spatial = (size[0], size[1:]) if channel_first else (size[-1], size[:-1])
     k = int_tuple(kernel_size, nd, 'kernel_size')
@@ -548,3 +549,10 @@ def pool_spec(nd, in_size_, kernel_size, stride, padding_, channel_first) -> Con
                              f"kernel size, and leave the last window an input position)")
     geometry = conv_geometry(spatial, k, s, pad, ones, ones)
     return ConvSpec(size, cin, cin, cin, pad, 'ZEROS', bool(channel_first), geometry)
+
+
+def flag(value: Any, name: str) -> bool:
+    """A bool (Python's or NumPy's)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)

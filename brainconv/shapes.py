@@ -39,7 +39,7 @@ __all__ = [
     'transpose_out_length', 'transpose_lax_pads', 'lax_conv_transpose_pads', 'adjoint_output_padding',
     'conv_geometry', 'conv_transpose_geometry',
     'ReceptiveField', 'receptive_field_step', 'axis_connections', 'connections',
-    'transpose_as_conv', 'adjoint_geometry', 'Phase', 'axis_phases',
+    'transpose_as_conv', 'adjoint_geometry', 'Phase', 'axis_phases', 'axis_window_counts',
 ]
 
 
@@ -105,6 +105,15 @@ def resolve_pads(
 def conv_out_length(n: int, k: int, s: int, lo: int, hi: int, ld: int = 1, d: int = 1) -> int:
     """Output length of a convolution along one axis (may be < 1: not checked)."""
     return (dilated_length(n, ld) + lo + hi - kernel_span(k, d)) // s + 1
+
+
+def axis_window_counts(n: int, k: int, s: int, lo: int, out: int) -> Tuple[int, ...]:
+    """The real input positions in each of the ``out`` windows of one axis (a pooling's divisors).
+
+    Window ``o`` covers positions ``o * s ... o * s + k - 1`` of the padded input, of which
+    ``lo ... lo + n - 1`` hold the input (no dilation): ``k`` for a window clear of the pads.
+    """
+    return tuple(max(0, min(o * s + k, lo + n) - max(o * s, lo)) for o in range(out))
 
 
 def transpose_out_length(

@@ -159,7 +159,18 @@ def brainstate_net():
         )
 
 
+def pooling_net():
+    """brainconv's own pooling layers between convolutions, channels first."""
+    return nn.Sequential(
+        brainconv.Conv2d((2, 13, 12), 4, 3, channel_first=True, w_init=w_init()),
+        brainconv.MaxPool2d((4, 13, 12), 3, 2, 'SAME', channel_first=True),
+        brainconv.Conv2d((4, 7, 6), 4, 3, channel_first=True, w_init=w_init()),
+        brainconv.AvgPool2d((4, 7, 6), 2, padding=((0, 1), (0, 0)), channel_first=True, count_include_pad=False),
+    )
+
+
 @pytest.mark.parametrize('make, in_shape', [
+    (pooling_net, (2, 13, 12)),
     (brainstate_net, (10, 9, 2)),
     (vision_net, (12, 12, 1)),
     (channel_first_net, (2, 9, 7)),
@@ -340,6 +351,13 @@ def test_receptive_field_is_the_gradient_support(chain):
 RF_CHAINS['per-axis padding'] = lambda: [
     brainconv.Conv2d((20, 20, 1), 1, 3, padding=('CAUSAL', 'SAME'), w_init=ones),
     brainconv.Conv2d((20, 20, 1), 1, (2, 3), stride=2, padding=('same_lower', (2, 0)), w_init=ones),
+]
+
+RF_CHAINS['brainconv pools'] = lambda: [
+    brainconv.Conv2d((20, 20, 1), 2, 3, w_init=ones),
+    brainconv.AvgPool2d((20, 20, 2), 3, 2, 'SAME'),
+    brainconv.Conv2d((10, 10, 2), 1, 3, padding='VALID', w_init=ones),
+    brainconv.AvgPool2d((8, 8, 1), 2, 1, padding=((1, 0), (0, 1))),
 ]
 
 RF_CHAINS['brainstate layers'] = lambda: [

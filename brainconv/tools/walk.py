@@ -14,6 +14,7 @@ import numpy as np
 from .._args import as_sequence
 from ..layers import Conv, ConvTranspose
 from ..local import LocalConv
+from ..pooling import AvgPool, MaxPool
 from ..recurrent import _ConvRNNCell
 from ..separable import SeparableConv
 from ..shapes import ConvGeometry, ReceptiveField, receptive_field_step
@@ -29,6 +30,9 @@ _nn = brainstate.nn
 # brainconv layers with a ``spec`` whose geometry is their window (SeparableConv: its depthwise step's).
 _OWN_CONVS = (Conv, ConvTranspose, LocalConv, SeparableConv)
 _CONVS = _OWN_CONVS + _BS_CONVS + _BS_TRANSPOSES
+# brainconv's pooling layers, whose ``geometry`` is their window; with brainstate's, the pooling rows.
+_OWN_POOLS = (MaxPool, AvgPool)
+_ALL_POOLS = _OWN_POOLS + _POOLS
 
 
 def _children(module: Any) -> Iterator[Tuple[str, Any]]:
@@ -60,7 +64,7 @@ def _leaves(obj: Any, path: str, seen: Dict[int, str]) -> Iterator[Tuple[str, An
     if id(obj) in seen:
         yield path, obj, seen[id(obj)]
         return
-    if isinstance(obj, _CONVS + (StreamingConv, _ConvRNNCell) + _POOLS + _DENSE):
+    if isinstance(obj, _CONVS + (StreamingConv, _ConvRNNCell) + _ALL_POOLS + _DENSE):
         children = []
     elif isinstance(obj, _nn.Module):
         children = list(_children(obj))
@@ -316,7 +320,7 @@ class _Walk:
             row = replace(row, out_size=tuple(layer.out_size), macs=macs, kernel_size=g.kernel_size, stride=g.stride,
                           pads=g.pads, rhs_dilation=g.rhs_dilation, lhs_dilation=g.lhs_dilation, groups=1)
             self._end_rf(f"{where} is recurrent: its state depends on every earlier step")
-        elif isinstance(layer, _POOLS):
+        elif isinstance(layer, _ALL_POOLS):
             row = self._pool_row(row, layer, where)
         elif isinstance(layer, _DENSE):
             out = tuple(layer.out_size)
@@ -338,6 +342,10 @@ class _Walk:
         self.cur = row.out_size
 
     def _pool_row(self, row: LayerSummary, layer: Any, where: str) -> LayerSummary:
+        if isinstance(layer, _OWN_POOLS):
+            g = layer.geometry
+            return replace(row, out_size=tuple(layer.out_size), kernel_size=g.kernel_size, stride=g.stride,
+                           pads=g.pads, receptive_field=self._step_rf(g, where))
         if row.in_size is None:
             self._end_rf(f"{where} has no known input size")
             declared_out = getattr(layer, 'out_size', None)
