@@ -8,7 +8,9 @@ transposed, a circular-padded one) runs forward and backward once on one
 device with ``'lax'`` (the reference) and once per formulation with the batch
 sharded four ways; outputs and gradients must agree (each formulation equals
 ``'lax'`` on one device: test_transforms.py), the outputs must stay sharded along
-the batch, and the compiled program must not all-gather the activations.
+the batch, and the compiled program must not all-gather the activations.  On
+boolean spikes the sharded programs must run the event kernel on each device's
+shard (forward and kernel gradient), whether the switch is forced or decides.
 """
 
 from __future__ import annotations
@@ -64,6 +66,30 @@ SCRIPT = textwrap.dedent('''
             report[f'{label}/{name}'] = dict(
                 err=err, y_spec=str(y4.sharding.spec[0]), dx_spec=str(dx4.sharding.spec[0]),
                 devices=len(y4.sharding.device_set), all_gathers=len(re.findall(r'all-gather(-start)?\\(', hlo)))
+    # spikes under 'auto': each device runs the event kernel on its shard (the kernel gradient summed
+    # over the devices): forced on small layers, by the density switch on one large enough to pay
+    cases = [(label, layers[label], 'event') for label in ('dense', 'strided', 'grouped', 'transposed', 'conv3d')]
+    cases.append(('snn', brainconv.Conv2d((15, 15, 12), 32, 5, padding='VALID'), None))
+    for label, layer, branch in cases:
+        spikes = jnp.asarray(rng.random((8,) + layer.in_size) < 0.05)
+        graphdef, params = brainstate.graph.treefy_split(layer)
+        def loss(params, x):
+            y = brainstate.graph.treefy_merge(graphdef, params)(x)
+            return jnp.sum(jnp.sin(y)), y
+        with brainconv.use_lowering('lax'):
+            (v1, y1), dp1 = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, spikes.astype(jnp.float32))
+        with brainconv.lowering.event_branch(branch):
+            xs, ps = jax.device_put(spikes, batch_sharded), jax.device_put(params, replicated)
+            compiled = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(ps, xs).compile()
+        (v4, y4), dp4 = compiled(ps, xs)
+        hlo = compiled.as_text()
+        dw1, dw4 = (jax.tree_util.tree_leaves(d)[0] for d in (dp1, dp4))
+        err = max(float(jnp.max(jnp.abs(a - b)) / (1e-6 + jnp.max(jnp.abs(b))))
+                  for a, b in ((y4, y1), (dw4, dw1), (v4, v1)))
+        report[f'spikes/{label}'] = dict(
+            err=err, y_spec=str(y4.sharding.spec[0]), event_calls=len(re.findall(r'brainconv_event', hlo)),
+            conds=len(re.findall(r' conditional\\(', hlo)), all_gathers=len(re.findall(r'all-gather(-start)?\\(', hlo)),
+            devices=len(y4.sharding.device_set))
     print('REPORT' + json.dumps(report))
 ''')
 
@@ -93,6 +119,13 @@ def test_data_parallel_runs_equal_the_single_device_run():
     import brainconv
     report = _report()
     auto = report.pop('auto')
+    spikes = {k: report.pop(k) for k in list(report) if k.startswith('spikes/')}
+    assert len(spikes) == 6
+    for key, v in spikes.items():
+        assert v['err'] < 5e-4 and v['devices'] == 4 and v['y_spec'] == 'data', (key, v)
+        assert v['event_calls'] >= 2, f"{key}: the sharded program runs no event kernel: {v}"   # forward, kernel grad
+        assert v['all_gathers'] == 0, f"{key}: activations all-gathered: {v}"
+    assert spikes['spikes/snn']['conds'] >= 2, spikes['spikes/snn']   # the density switch, on each shard
     assert len(report) == 7 * len(brainconv.LOWERINGS)
     # float32 rounding only: the sums over the batch are split across devices (the depthwise kernel
     # gradient, a sum over 8 x 6 x 6 positions, differs by up to 1.2e-4 of its largest entry with jax 0.12,

@@ -38,6 +38,7 @@ from .context import _LOWERING_FOR_CPU, _LOWERING_SPMD
 from .dense import direct
 from .event.switch import EVENT, dense_name
 from .formulations import DENSE
+from .partition import needs_devices
 
 __all__ = ['conv_p', 'weight_grad_p', 'conv_core', 'FORMULATIONS', 'CONV_PRIMITIVE']
 
@@ -202,6 +203,7 @@ conv_p = _primitive(CONV_PRIMITIVE, _conv_impl, _conv_abstract, _conv_transpose_
 
 weight_grad_p = _primitive('brainconv_conv_weight_grad', _weight_grad_impl, _weight_grad_abstract,
                            _weight_grad_transpose_lhs, _weight_grad_transpose_rhs, _weight_grad_batch)
+needs_devices(conv_p, weight_grad_p)   # their lowering may partition a custom call over the devices
 
 
 def conv_core(x: jax.Array, w: jax.Array, geometry: ConvGeometry, groups: int, name: str,

@@ -240,7 +240,7 @@ def _probe_here(backend: str) -> None:
     x = np.asarray([[[0.0], [2.0], [0.0]]], np.float32)
     w = np.asarray([[[1.0]], [[10.0]]], np.float32)
     table = _plan(g)
-    with jax.default_device(jax.devices('cpu')[0]):
+    with jax.default_device(jax.local_devices(backend='cpu')[0]):
         y = jax.jit(lambda u, v: _call('forward', backend, u, jnp.transpose(v.reshape(2, 1, 1), (1, 0, 2)), table,
                                        jax.ShapeDtypeStruct((1, 3, 1), jnp.float32)))(x, w)
     if not np.array_equal(np.asarray(y).ravel(), [0.0, 20.0, 2.0]):

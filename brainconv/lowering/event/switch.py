@@ -17,6 +17,7 @@ from .. import context
 from ..auto import choose
 from ..context import _LOWERING_FOR_CPU, _LOWERING_SPMD
 from ..formulations import DENSE, Formulation
+from ..partition import batch_parallel
 from . import cost, kernels
 
 __all__ = ['EVENT', 'Branch', 'nonzero_estimate', 'dense_name']
@@ -56,28 +57,38 @@ def _event_map(kind: str) -> Callable:
     """``'event'``'s forward (``kind='forward'``) or kernel gradient: the event kernel where the
     input's non-zero count is at most :func:`brainconv.lowering.event.cost.crossover` (the measured cost
     model's break-even), else the dense formulation; a ``lax.cond`` on the count, decided at
-    run time, since density is data.  Off CPU or without the kernels: the dense formulation."""
+    run time, since density is data.  Off CPU or without the kernels: the dense formulation.  In a
+    program over several devices, each device switches on its own shard of the batch
+    (:func:`brainconv.lowering.partition.batch_parallel`)."""
     def run(x, other, g, groups, precision):
         cin, cout = x.shape[-1], other.shape[-1]
         dense = DENSE[dense_name('event', g, groups, cin, cout)]
         dense_fn = functools.partial(dense.forward if kind == 'forward' else dense.weight_grad, precision=precision)
-        if not (_LOWERING_FOR_CPU.get() and not _LOWERING_SPMD.get() and kernels.available()):
+        if not (_LOWERING_FOR_CPU.get() and kernels.available()):
             return dense_fn(x, other, g, groups)
         event_fn = kernels.forward if kind == 'forward' else kernels.weight_grad
-        branch = context.forced_branch()
-        if branch is not None:
-            return (event_fn if branch == 'event' else dense_fn)(x, other, g, groups)
-        limit = cost.crossover(g, groups, x.shape[0], cin, cout, kind)
-        if limit <= 0:
-            return dense_fn(x, other, g, groups)
-        nnz = nonzero_estimate(x)
-        log = context._BRANCH_LOG.get()
-        if log is not None:   # report_branches(): record this run's branch when it runs
-            dense_label = dense_name('event', g, groups, cin, cout)
-            jax.debug.callback(functools.partial(_record, log, kind, tuple(x.shape), limit, dense_label), nnz)
-        return lax.cond(nnz <= limit, functools.partial(event_fn, g=g, groups=groups),
-                        functools.partial(dense_fn, g=g, groups=groups), x, other)
+        one_device = functools.partial(_switch, kind, event_fn, dense_fn, g, groups, context.forced_branch(),
+                                       context._BRANCH_LOG.get(), dense_name('event', g, groups, cin, cout))
+        if _LOWERING_SPMD.get():   # several devices: each switches on its own shard of the batch
+            grad = kind == 'weight_grad'
+            return batch_parallel(one_device, x, other, batched=(True, grad), reduces=grad)
+        return one_device(x, other)
     return run
+
+
+def _switch(kind, event_fn, dense_fn, g, groups, branch, log, dense_label, x, other):
+    """One device's map: the event kernel or the dense formulation (forced by ``branch``, else by
+    the non-zero count of ``x`` against the crossover for this batch)."""
+    if branch is not None:
+        return (event_fn if branch == 'event' else dense_fn)(x, other, g, groups)
+    limit = cost.crossover(g, groups, x.shape[0], x.shape[-1], other.shape[-1], kind)
+    if limit <= 0:
+        return dense_fn(x, other, g, groups)
+    nnz = nonzero_estimate(x)
+    if log is not None:   # report_branches(): record this run's branch when it runs
+        jax.debug.callback(functools.partial(_record, log, kind, tuple(x.shape), limit, dense_label), nnz)
+    return lax.cond(nnz <= limit, functools.partial(event_fn, g=g, groups=groups),
+                    functools.partial(dense_fn, g=g, groups=groups), x, other)
 
 
 @dataclasses.dataclass(frozen=True)
