@@ -209,7 +209,7 @@ def time_group(impls: Dict[str, Timed], monitor: LoadMonitor, rounds: int, targe
     After ``budget_s`` seconds no new round starts once ``min_rounds`` are done."""
     reps = {(n, m): i.reps(m, target_s) for n, i in impls.items() for m in modes
             if m != 'jvp' or getattr(i, 'jvp', None) is not None}
-    with_torch = 'torch' in impls
+    with_torch = any(isinstance(i, RemoteImpl) for i in impls.values())  # whatever its name
     keys = list(reps)
     times: Dict[Tuple[str, str], List[float]] = {k: [] for k in keys}
     quiet = retries = 0
