@@ -36,7 +36,9 @@ Sections (``--sections``; all by default):
   bptt       the training step, one row per variant (``--variants``):
                bc-step          brainconv.Conv2d, brainconv.MaxPool2d (brainstate.nn.MaxPool2d where
                                 brainconv has none), plain LIF, stepped by brainstate.transform.for_loop
-                                over a Module's ``update(x_t)``, float32 events
+                                over a Module's ``update(x_t)``, boolean events (as a user feeds
+                                them), no lowering flag
+               bc-float         bc-step on float32 events
                bc-step-brainpy  the same with brainpy.state.LIF (where brainpy installs; unitless:
                                 dt = 1, tau = 1 / ln 2, R = 2, V_th = 1, V_reset = V_rest = 0, the same
                                 surrogate: its exponential-Euler step is the plain LIF up to rounding)
@@ -137,8 +139,9 @@ TOL = 1e-4
 
 #: Variants: key -> label; torch's are served by the worker.
 LABELS = {
-    'bc-step': 'brainconv step by step (plain LIF)',
-    'bc-step-brainpy': 'brainconv step by step (brainpy.state.LIF)',
+    'bc-step': 'brainconv step by step (plain LIF), bool events, no flag',
+    'bc-step-brainpy': 'brainconv step by step (brainpy.state.LIF), bool events, no flag',
+    'bc-float': 'brainconv step by step (plain LIF), float32 events',
     'bc-event': "brainconv step by step, bool events + lowering='event' conv2",
     'bc-layer': 'brainconv layer by layer (T*B convs, scanned LIF)',
     'bs-step': 'brainstate.nn.Conv2d step by step (plain LIF)',
@@ -148,10 +151,11 @@ LABELS = {
     'sj-m': "SpikingJelly multi-step 'm'",
 }
 TORCH_KEYS = ('snntorch', 'snntorch-delay', 'sj-s', 'sj-m')
-DEFAULT_VARIANTS = ('bc-step', 'bc-step-brainpy', 'bc-event', 'bc-layer', 'bs-step', 'snntorch', 'sj-s', 'sj-m')
+DEFAULT_VARIANTS = ('bc-step', 'bc-step-brainpy', 'bc-float', 'bc-event', 'bc-layer', 'bs-step', 'snntorch',
+                    'sj-s', 'sj-m')
 #: Variants whose neurons are the plain LIF: they must agree to float32 rounding (snnTorch up to its
 #: double-reset rule, see the module's docstring).
-PLAIN = ('bc-step', 'bc-event', 'bc-layer', 'bs-step', 'sj-m', 'sj-s', 'snntorch')
+PLAIN = ('bc-step', 'bc-float', 'bc-event', 'bc-layer', 'bs-step', 'sj-m', 'sj-s', 'snntorch')
 
 
 def net_data(steps: int, batch: int):
@@ -755,7 +759,8 @@ def jax_variant(key, bench):
     net = Network(bench.weights, conv='brainstate' if key == 'bs-step' else 'brainconv', neuron=neuron,
                   event=key == 'bc-event')
     loss = layer_loss(net) if key == 'bc-layer' else step_loss(net)
-    xs = bench.events if key == 'bc-event' else bench.frames
+    # as a user would feed events: boolean (brainconv's rows; bc-float and brainstate's take floats)
+    xs = bench.frames if key in ('bc-float', 'bs-step') else bench.events
     impl = JaxStep.bptt(key, net, loss, xs, bench.labels)
     impl.restore()
     impl.probe = probe(net, xs)

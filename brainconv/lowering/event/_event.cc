@@ -1,11 +1,13 @@
-// Event-driven convolution kernels for XLA:CPU, called through the XLA FFI (brainconv/_event.py
-// compiles this file with the machine's C++ compiler on first use and registers the handlers).
+// Event-driven convolution kernels for XLA:CPU, called through the XLA FFI
+// (brainconv/lowering/event/kernels.py compiles this file with the machine's C++ compiler on
+// first use and registers the handlers).
 //
-// Operands (see _event.py for the plan's layout):
+// Operands (see plan.py for the plan's layout):
 //   forward:      x (N, P_in, C_in), w (C_in / groups, K, C_out), plan int32  ->  y (N, P_out, C_out)
 //   weight_grad:  x (N, P_in, C_in), gy (N, P_out, C_out), plan int32          ->  dw (K, C_in / groups, C_out)
-// Both scan x for its non-zeros (a bit mask per 64 channels) and, for each, loop over the (tap,
-// output) pairs its position reaches, adding a contiguous run of C_out / groups products.
+// Both scan x for its non-zeros (as one flat run, a bit mask per 64 values: walk_nonzeros) and, for
+// each position that has some, loop over the (tap, output) pairs it reaches, adding a contiguous
+// run of C_out / groups products per non-zero.
 //
 // Threads come from XLA's own intra-op pool: the calling thread works through the chunks itself
 // and schedules helpers that take chunks only if they start in time, so a call never waits for a
@@ -97,8 +99,9 @@ inline uint64_t nonzero_bits(const double* p, int64_t count) {
   return bits;
 }
 
-// The non-zeros of one input row (C_in values, found 64 channels at a time from a bit mask), and
-// the (tap, output) pairs of its position, as offsets into the kernel-side and output-side arrays.
+// The non-zeros of one input position (their values and channel offsets, kernel side and output
+// side), and the (tap, output) pairs of that position, as offsets into the kernel-side and
+// output-side arrays.
 template <typename T>
 struct Events {
   std::vector<int64_t> kernel, row, tap, out;
@@ -106,19 +109,11 @@ struct Events {
   int64_t count = 0, pairs = 0;
   Events(int64_t n_chan, int64_t n_taps) : kernel(n_chan), row(n_chan), tap(n_taps), out(n_taps), value(n_chan) {}
 
-  // Returns the number of non-zeros of xr.
-  int64_t gather(const T* __restrict xr, int64_t n_chan, const Channels& ch) {
-    count = 0;
-    for (int64_t c0 = 0; c0 < n_chan; c0 += 64) {
-      for (uint64_t bits = nonzero_bits(xr + c0, std::min<int64_t>(64, n_chan - c0)); bits; bits &= bits - 1) {
-        const int64_t c = c0 + __builtin_ctzll(bits);
-        kernel[count] = ch.kernel[c];
-        row[count] = ch.row[c];
-        value[count] = xr[c];
-        ++count;
-      }
-    }
-    return count;
+  void push(int64_t c, T v, const Channels& ch) {
+    kernel[count] = ch.kernel[c];
+    row[count] = ch.row[c];
+    value[count] = v;
+    ++count;
   }
 
   // The pairs of the position with lead pairs [a0, a1) and last-axis pairs [b0, b1); tap offsets
@@ -156,6 +151,32 @@ struct Events {
     }
   }
 };
+
+// Calls visit(pos, events) for every position in [first, last) of x (rows of n_chan values) that
+// holds a non-zero, with `events` holding that position's non-zeros.  The rows are scanned as one
+// flat run, 64 values at a time (a bit mask each), so a sparse input costs about one vector compare
+// per 16 or 8 values whatever its channel count, and the work per position only where it has
+// non-zeros.
+template <typename T, typename Visit>
+void walk_nonzeros(const T* __restrict x, int64_t first, int64_t last, int64_t n_chan, const Channels& ch,
+                   Events<T>& ev, Visit visit) {
+  const int64_t begin = first * n_chan, end = last * n_chan;
+  int64_t pos = -1;
+  ev.count = 0;
+  for (int64_t i0 = begin; i0 < end; i0 += 64) {
+    for (uint64_t bits = nonzero_bits(x + i0, std::min<int64_t>(64, end - i0)); bits; bits &= bits - 1) {
+      const int64_t i = i0 + __builtin_ctzll(bits);
+      const int64_t p = i / n_chan;
+      if (p != pos) {
+        if (ev.count) visit(pos, ev);
+        pos = p;
+        ev.count = 0;
+      }
+      ev.push(i - p * n_chan, x[i], ch);
+    }
+  }
+  if (ev.count) visit(pos, ev);
+}
 
 // Runs work(chunk) for chunk in [0, n_chunks) on the calling thread and on up to `threads - 1`
 // helpers from XLA's pool; `begin()` is called once by every thread that takes a chunk, before
@@ -196,19 +217,16 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> w, f
   parallel_chunks(
       pool, n_batch, [n_chan, n_taps]() { return std::make_shared<Events<T>>(n_chan, n_taps); },
       [=](std::shared_ptr<Events<T>> ev, int64_t n) {
-        const T* xn = xp + n * n_in * n_chan;
         T* yn = yp + n * n_out * cout;
         std::fill(yn, yn + n_out * cout, T(0));
-        for (int64_t pl = 0; pl < plan.p_lead; ++pl) {
+        walk_nonzeros(xp + n * n_in * n_chan, 0, n_in, n_chan, *ch, *ev, [&](int64_t p, Events<T>& e) {
+          const int64_t pl = p / plan.n_last, pz = p - pl * plan.n_last;
           const int64_t a0 = plan.lead_offsets[pl], a1 = plan.lead_offsets[pl + 1];
-          if (a0 == a1) continue;
-          for (int64_t pz = 0; pz < plan.n_last; ++pz) {
-            const int64_t b0 = plan.last_offsets[pz], b1 = plan.last_offsets[pz + 1];
-            if (b0 == b1 || !ev->gather(xn + (pl * plan.n_last + pz) * n_chan, n_chan, *ch)) continue;
-            ev->pair_up(plan, a0, a1, b0, b1, cout, cout);
-            ev->scatter(yn, wp, true, ch->cout_g);
-          }
-        }
+          const int64_t b0 = plan.last_offsets[pz], b1 = plan.last_offsets[pz + 1];
+          if (a0 == a1 || b0 == b1) return;
+          e.pair_up(plan, a0, a1, b0, b1, cout, cout);
+          e.scatter(yn, wp, true, ch->cout_g);
+        });
       });
   return ffi::Error::Success();
 }
@@ -246,16 +264,16 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<DT> x, ffi::Buffer<DT> g
         return part;
       },
       [=](std::shared_ptr<Partial> part, int64_t chunk) {
-        Events<T>& ev = part->ev;
-        for (int64_t pos = chunk * total / n_chunks, stop = (chunk + 1) * total / n_chunks; pos < stop; ++pos) {
+        const int64_t first = chunk * total / n_chunks, last = (chunk + 1) * total / n_chunks;
+        walk_nonzeros(xp, first, last, n_chan, *ch, part->ev, [&](int64_t pos, Events<T>& e) {
           const int64_t n = pos / n_in, p = pos - n * n_in;
           const int64_t pl = p / plan.n_last, pz = p - pl * plan.n_last;
           const int64_t a0 = plan.lead_offsets[pl], a1 = plan.lead_offsets[pl + 1];
           const int64_t b0 = plan.last_offsets[pz], b1 = plan.last_offsets[pz + 1];
-          if (a0 == a1 || b0 == b1 || !ev.gather(xp + pos * n_chan, n_chan, *ch)) continue;
-          ev.pair_up(plan, a0, a1, b0, b1, tap_stride, cout);
-          ev.scatter(part->acc.data(), gp + n * n_out * cout, false, ch->cout_g);
-        }
+          if (a0 == a1 || b0 == b1) return;
+          e.pair_up(plan, a0, a1, b0, b1, tap_stride, cout);
+          e.scatter(part->acc.data(), gp + n * n_out * cout, false, ch->cout_g);
+        });
       });
   std::fill(dwp, dwp + size, T(0));
   for (const auto& part : *partials) axpy(dwp, part->acc.data(), T(1), size);
