@@ -24,7 +24,10 @@ class LayerSummary:
     and ``state`` their number of values.  ``spike_rate`` is the rate
     :func:`summary` was given for the row's input (None: none given) and
     ``synops`` its synaptic operations per example at that rate (None where
-    no rate was given or the cost is not known).
+    no rate was given or the cost is not known).  ``formulation`` is what a brainconv
+    convolution runs as (:meth:`brainconv.Conv.formulation`): a formulation's name, or
+    for the event switch ``'event|<dense>'``, and at a given spike rate the branch that
+    computes the output (``'event'`` or the dense formulation's name).
     """
 
     path: str
@@ -44,6 +47,7 @@ class LayerSummary:
     states: Tuple[Tuple[str, Size], ...] | None = None  # their names and shapes
     spike_rate: float | None = None  # the fraction of the row's input elements that are non-zero
     synops: float | None = None  # synaptic operations per example at that rate
+    formulation: str | None = None  # what a brainconv convolution runs as (at spike_rate, where given)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain Python values (receptive field as int/float tuples), for pandas and JSON."""
@@ -53,7 +57,7 @@ class LayerSummary:
             'kernel_size': self.kernel_size, 'stride': self.stride, 'pads': self.pads,
             'rhs_dilation': self.rhs_dilation, 'lhs_dilation': self.lhs_dilation, 'groups': self.groups,
             'params': self.params, 'macs': self.macs, 'spike_rate': self.spike_rate, 'synops': self.synops,
-            'state': self.state,
+            'state': self.state, 'formulation': self.formulation,
             'rf_size': None if rf is None else tuple(_plain(v) for v in rf.size),
             'rf_jump': None if rf is None else tuple(_plain(v) for v in rf.jump),
             'rf_start': None if rf is None else tuple(_plain(v) for v in rf.start),
@@ -124,6 +128,7 @@ class Summary:
             ('MACs', lambda r: '?' if r.macs is None else f'{r.macs:,}'),
             ('Rate', lambda r: '' if r.spike_rate is None else f'{r.spike_rate:.3g}'),
             ('SynOps', _synops),
+            ('Runs as', lambda r: r.formulation or ''),
             ('State', lambda r: f'{r.state:,}' if r.state else ''),
             ('RF size', lambda r: _axes(r.receptive_field and r.receptive_field.size)),
             ('RF jump', lambda r: _axes(r.receptive_field and r.receptive_field.jump)),

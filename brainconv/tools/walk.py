@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import brainstate
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._args import as_sequence
@@ -138,6 +139,8 @@ class _Walk:
         # Per row: synapses per example driven by the row's input (scaled by its spike rate) and by values
         # the row computes itself (counted in full); None where the cost is unknown.
         self.synapses: List[Tuple[int, int] | None] = []
+        # Per row: the brainconv layer whose formulation the row reports (None for others).
+        self.convs: List[Any] = []
         self.rf: ReceptiveField | None = None
         self.rf_ended_by: str | None = None  # why the receptive field stopped being defined
         self.claimed: set = set()
@@ -174,14 +177,27 @@ class _Walk:
                     self._append(LayerSummary(path, type(state).__name__, None, None,
                                               state=sum(math.prod(z) for _, z in entries), states=entries))
 
-    def _append(self, row: LayerSummary, synapses: Tuple[int, int] | None = (0, 0)) -> None:
+    def _append(self, row: LayerSummary, synapses: Tuple[int, int] | None = (0, 0), conv: Any = None) -> None:
         self.rows.append(row)
         self.synapses.append(None if row.macs is None else synapses)
+        self.convs.append(conv)
+
+    def _runs_as(self, conv: Any, rate: float | None) -> str | None:
+        """What ``conv`` runs as (at ``rate``, for the batch the states were made with, else one example)."""
+        if conv is None:
+            return None
+        example = jax.ShapeDtypeStruct(tuple(self.batch or (1,)) + tuple(conv.in_size), jnp.float32)
+        choice = conv.formulation(example, density=rate)
+        if choice.dense is None:
+            return choice.formulation
+        if rate is None:
+            return f'{choice.formulation}|{choice.dense}'
+        return 'event' if choice.forward == 'event kernel' else choice.forward
 
     def with_rates(self, spike_rates: Any) -> List[LayerSummary]:
         """The rows with ``spike_rate`` and ``synops`` filled in from :func:`summary`'s ``spike_rates``."""
         if spike_rates is None:
-            return self.rows
+            return [replace(row, formulation=self._runs_as(conv, None)) for row, conv in zip(self.rows, self.convs)]
         if isinstance(spike_rates, Mapping):
             paths = [r.path for r in self.rows]
             unknown = [k for k in spike_rates if k not in paths]
@@ -192,9 +208,10 @@ class _Walk:
                      for r in self.rows]
         else:
             rates = [_rate(spike_rates, 'spike_rates', arrays=False)] * len(self.rows)
-        return [row if rate is None else
-                replace(row, spike_rate=rate, synops=None if syn is None else rate * syn[0] + syn[1])
-                for row, rate, syn in zip(self.rows, rates, self.synapses)]
+        return [replace(row, formulation=self._runs_as(conv, rate)) if rate is None else
+                replace(row, spike_rate=rate, synops=None if syn is None else rate * syn[0] + syn[1],
+                        formulation=self._runs_as(conv, rate))
+                for row, rate, syn, conv in zip(self.rows, rates, self.synapses, self.convs)]
 
     @staticmethod
     def _batch_shape(roots: Sequence[Any], listed: bool) -> Size | None:
@@ -338,7 +355,7 @@ class _Walk:
             row = replace(row, out_size=None if declared_out is None else tuple(declared_out),
                           macs=None if row.params else 0)
             self._end_rf(f"{where} is not a convolution, pooling or element-wise layer")
-        self._append(row, synapses)
+        self._append(row, synapses, layer if isinstance(layer, _OWN_CONVS) else None)
         self.cur = row.out_size
 
     def _pool_row(self, row: LayerSummary, layer: Any, where: str) -> LayerSummary:
