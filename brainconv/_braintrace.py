@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from .lowering.context import restore_context, trace_context
+from .lowering.partition import needs_devices
 from .lowering.primitives import CONV_PRIMITIVE
 
 __all__ = ['Trace', 'TraceMemoryError', 'set_trace_memory_limit', 'get_trace_memory_limit']
@@ -380,6 +381,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     for p in prims:
         batching.primitive_batchers[p] = batch_rule
         ad.primitive_transposes[p] = transpose
+    needs_devices(*prims)   # their lowering runs the layer's, which may partition the event kernel
     return unbatched, batched_p
 
 

@@ -9,6 +9,8 @@ lowering.  ``pp_prop`` (ES_D_RTRL) is approximate by design: its gradients must 
 and equal to ``braintrace.nn.Conv2d``'s where both layers apply.
 """
 
+import os
+
 import brainunit as u
 import numpy as np
 import pytest
@@ -352,3 +354,45 @@ def test_transforms_through_the_traced_op():
         run = jax.jit(lambda p, a, layer=layer: tt._transforms(layer, a, p))
         plain = run(layer.weight.value, x)
         tt._assert_close(traced, plain, kind)
+
+
+def test_online_learning_runs_data_parallel_with_the_event_kernel_on_each_shard():
+    """braintrace's D_RTRL with the batch sharded over two devices: each device's ETP operation runs
+    the event kernel on its shard of the spikes, nothing is all-gathered, and the online gradient
+    equals one device's."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent('''
+        import os, re
+        import jax, jax.numpy as jnp, numpy as np, brainstate, braintrace, brainpy, braintools, brainconv
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        mesh = Mesh(np.array(jax.devices()), ('data',))
+        xs = np.random.default_rng(0).random((4, 16, 15, 15, 12)) < 0.05
+        out = []
+        for sharded in (False, True):
+            with brainstate.environ.context(dt=1.0):
+                init = lambda s: (np.random.default_rng(1).standard_normal(s) * .3).astype('f4')
+                conv = brainconv.Conv2d((15, 15, 12), 32, 5, padding='VALID', w_init=init)
+                lif = brainpy.state.LIF((11, 11, 32), R=4., tau=2., V_th=0.5, V_reset=0., V_rest=0.,
+                                        V_initializer=braintools.init.Constant(0.),
+                                        spk_fun=braintools.surrogate.Sigmoid())
+                net = brainstate.nn.Sequential(conv, lif)
+                learner = braintrace.compile(net, braintrace.D_RTRL, jnp.asarray(xs[0]), batch_size=16)
+                x = jnp.asarray(xs)
+                if sharded:
+                    x = jax.device_put(x, NamedSharding(mesh, P(None, 'data')))
+                f = brainstate.transform.jit(lambda a: learner.etrace_grad(a, step_fn=lambda b: jnp.sum(learner(b))))
+                grads = f(x)
+                text = f.lower(x).compile().as_text()
+                out.append((np.asarray(jax.tree.leaves(grads)[0]), text.count('brainconv_event_forward'),
+                            len(re.findall(r'all-gather(-start)?[(]', text))))
+        (g1, e1, _), (g2, e2, a2) = out
+        print('RESULT', float(np.abs(g2 - g1).max() / np.abs(g1).max()), e1, e2, a2)
+    ''')
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+    proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    err, single_events, sharded_events, gathers = next(
+        line for line in proc.stdout.splitlines() if line.startswith('RESULT')).split()[1:]
+    assert float(err) < 1e-5 and int(single_events) >= 1 and int(sharded_events) >= 1 and int(gathers) == 0
