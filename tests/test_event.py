@@ -262,7 +262,7 @@ def test_long_strided_kernels_fall_back_to_a_dense_formulation():
 def test_the_switch_reads_a_sample_of_large_inputs():
     """The density switch counts small inputs whole and estimates large ones from a strided sample
     (a prime stride, so channel periods cannot alias): within one point of density at 1% and 50% (the
-    crossovers sit at 30-43%), exact at 0 and 100%, and an input whose spikes all sit in one channel is
+    switch's thresholds sit at 0-12%), exact at 0 and 100%, and an input whose spikes all sit in one channel is
     still seen at its density."""
     small = jnp.asarray(_spikes((2, 8, 8, 4), 0.3, seed=1))
     assert float(_lowering.nonzero_estimate(small)) == int(small.sum())

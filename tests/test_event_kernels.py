@@ -255,18 +255,24 @@ def test_import_brainconv_does_not_import_numba():
 @pytest.mark.parametrize('kind', ['forward', 'weight_grad'])
 @pytest.mark.parametrize('case', ['2d-same', '2d-depthwise-x2', '1d-stride-dilation'])
 def test_crossover_is_where_the_costs_meet(case, kind):
-    """The switch's threshold: event cost at the crossover is at most the dense cost, one more
-    non-zero past it is not; both backends' constants are positive where they matter."""
+    """The switch's threshold: SAFETY times the count where the modelled event cost meets the dense
+    cost (event cost at the break-even at most the dense cost, one more non-zero past it above it),
+    and never above the measured density cap; both backends' constants are positive where they matter."""
     g, cin, cout, groups = CASES[case]
     n = 16
     total = n * math.prod(g.in_spatial) * cin
+    shape = 'depthwise' if groups > 1 and cin == groups else 'dense'
     for name in ('cpp', 'numba'):
         nnz = event_cost.crossover(g, groups, n, cin, cout, kind, name)
-        assert 0 <= nnz <= total
+        assert 0 <= nnz <= event_cost.DENSITY_CAP[kind, shape] * total
         dense = event_cost.dense_cost(g, groups, n, cin, cout, kind)
         assert dense > 0
-        if 0 < nnz < total:
-            assert event_cost.event_cost(g, groups, n, cin, cout, nnz, kind, name) <= dense * (1 + 1e-9)
-            assert event_cost.event_cost(g, groups, n, cin, cout, nnz + 1, kind, name) > dense
+        base = event_cost.event_cost(g, groups, n, cin, cout, 0, kind, name)
+        per = event_cost.event_cost(g, groups, n, cin, cout, 1, kind, name) - base
+        even = int((dense - base) / per)           # the model's break-even
+        if 0 < even < total:
+            assert event_cost.event_cost(g, groups, n, cin, cout, even, kind, name) <= dense * (1 + 1e-9)
+            assert event_cost.event_cost(g, groups, n, cin, cout, even + 1, kind, name) > dense
+        assert nnz == int(min(event_cost.DENSITY_CAP[kind, shape] * total, event_cost.SAFETY * max(0, even)))
     cost = jax.jit(lambda k: event_cost.event_cost(g, groups, n, cin, cout, k, kind, 'cpp'))(jnp.int32(10))
     assert float(cost) == pytest.approx(event_cost.event_cost(g, groups, n, cin, cout, 10, kind, 'cpp'), rel=1e-6)

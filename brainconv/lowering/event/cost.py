@@ -74,32 +74,45 @@ def _depthwise(groups: int, cin: int) -> bool:
 
 def dense_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward') -> float:
     """Predicted seconds of brainconv's dense formulation of the same map (what ``'auto'`` picks on
-    CPU: XLA's convolution, or shift-multiply-add for depthwise kernels)."""
+    CPU: XLA's convolution, or shift-multiply-add for depthwise kernels), from the multiply-adds it
+    does: an lhs-dilated geometry (a transposed convolution) runs as its sub-pixel phases, which skip
+    the inserted zeros, so its products are those of the undilated input."""
     macs = n_batch * math.prod(g.out_spatial) * math.prod(g.kernel_size) * (cin // groups) * cout
     shape = 'depthwise' if _depthwise(groups, cin) else 'dense'
-    return DENSE_COST[(kind, shape)] * macs
+    return DENSE_COST[(kind, shape)] * macs / math.prod(g.lhs_dilation)
+
+
+#: The highest input density at which the switch runs the event kernel, per map and kernel shape,
+#: whatever the model predicts: measured on whole layers (``benchmarks/bench_event_crossover.py``,
+#: ten layer kinds at 1-50%, jax 0.10.2 and 0.12, 2026-12-06), the event kernel stopped paying
+#: between 10% and 25% for the forward of dense kernels (10% the lowest: Conv2d 15x15x12 -> 32, k5),
+#: at 0-2% for depthwise ones (one multiply-add per (spike, tap) pair, where shift-multiply-add
+#: vectorises over the channels: the forward runs densely), and at 11-48% for kernel gradients
+#: (11%: Conv2d 34x34x2 -> 12, k5, on 0.12; depthwise 24-30%).  The model, fitted to the kernels, placed some of those crossovers up to 1.5x too late (a
+#: transposed convolution's at 87%, measured 22-24%, before its products were counted without the
+#: inserted zeros); below the caps it decides, for small maps where the call's fixed cost does.
+DENSITY_CAP = {('forward', 'dense'): 0.10, ('forward', 'depthwise'): 0.0,
+               ('weight_grad', 'dense'): 0.12, ('weight_grad', 'depthwise'): 0.12}
+
+#: The switch takes the event kernel only up to this fraction of the model's crossover: near the
+#: crossover both maps cost about the same, so erring towards the dense one loses little, while
+#: the model's errors (within 21-47% of the kernels' times) could cost more.
+SAFETY = 0.8
 
 
 def crossover(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward',
               backend_name: str | None = None) -> int:
-    """The number of non-zero inputs up to which the event kernel is predicted to be faster than
-    the dense formulation (0: never): the threshold of the run-time density switch.
-
-    Depthwise kernels (one input channel per group) get 0: the model, fitted to the kernels
-    alone (config B at 1%: event 2.4 ms, ``'taps'`` 4.1 ms, as predicted), does not hold in a
-    layer, where the event path measured slower than the dense default at every density
-    (``benchmarks/bench_event_layers.py``, config B, two runs, jax 0.10.2: forward 10-12 ms
-    against 3.9-4.5 ms at 1-2%, kernel gradient 0.5-1.4x), for reasons not yet found; so the
-    switch runs them densely (``lowering.event_branch('event')`` still forces the kernel)."""
-    if _depthwise(groups, cin):
-        return 0
+    """The number of non-zero inputs up to which the switch runs the event kernel (0: never): the
+    model's break-even against the dense formulation, times :data:`SAFETY`, and at most
+    :data:`DENSITY_CAP` of the input."""
     base = event_cost(g, groups, n_batch, cin, cout, 0, kind, backend_name)
     per_event = event_cost(g, groups, n_batch, cin, cout, 1, kind, backend_name) - base
     spare = dense_cost(g, groups, n_batch, cin, cout, kind) - base
     if spare <= 0:
         return 0
     total = n_batch * math.prod(g.in_spatial) * cin
-    return int(min(total, spare / per_event)) if per_event > 0 else total
+    cap = DENSITY_CAP[(kind, 'depthwise' if _depthwise(groups, cin) else 'dense')] * total
+    return int(min(cap, SAFETY * spare / per_event)) if per_event > 0 else int(cap)
 
 
 def crossover_density(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, kind: str = 'forward',
