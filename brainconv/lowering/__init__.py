@@ -39,15 +39,19 @@ pad first.  The formulations:
     outputs it reaches, so its cost follows the number of spikes; its kernel
     gradient sums over the same non-zeros.  Density is known only at run
     time: the non-zeros are counted and the dense formulation ``'auto'``
-    would pick runs instead where a measured cost model predicts it faster
-    (:mod:`brainconv.lowering.event.switch`), so the event path is never the slower one.  Its
-    input gradient (the output gradient is dense) and its tangents of dense
-    operands run densely.  ``'auto'`` picks it on CPU for spike inputs
-    (boolean, integer or brainevent ``BinaryArray``) where the kernels are
-    available; float spikes opt in with ``lowering='event'``.  Off CPU, in a
-    program over several devices (the kernel is a single-device custom call,
-    which the partitioner would gather every operand for), or without the
-    kernels, it runs densely.
+    would pick runs instead above the measured crossover (the cost model's
+    break-even, capped at densities measured on whole layers:
+    :mod:`brainconv.lowering.event.cost`; the switch:
+    :mod:`brainconv.lowering.event.switch`).  Its input gradient (the output
+    gradient is dense) and its tangents of dense operands run densely.
+    ``'auto'`` picks it on CPU where the kernels are available for spike
+    inputs (boolean, integer or brainevent ``BinaryArray``), and for float
+    inputs where the event kernel can pay for the geometry
+    (:data:`brainconv.lowering.auto.EVENT_FOR_FLOATS`): a neuron's float 0/1
+    spikes take it without a flag.  In a program over several devices each
+    device runs it on its own shard of the batch
+    (:mod:`brainconv.lowering.partition`).  Off CPU or without the kernels it
+    runs densely.
 ``'fft'``
     Real FFTs of the padded input and the kernel, a per-frequency channel
     contraction, an inverse FFT (:mod:`brainconv.lowering.fft`; stride by

@@ -186,7 +186,9 @@ class _Walk:
         """What ``conv`` runs as (at ``rate``, for the batch the states were made with, else one example)."""
         if conv is None:
             return None
-        example = jax.ShapeDtypeStruct(tuple(self.batch or (1,)) + tuple(conv.in_size), jnp.float32)
+        # a row given a spike rate reads spikes (boolean), any other float inputs
+        dtype = jnp.float32 if rate is None else jnp.bool_
+        example = jax.ShapeDtypeStruct(tuple(self.batch or (1,)) + tuple(conv.in_size), dtype)
         choice = conv.formulation(example, density=rate)
         if choice.dense is None:
             return choice.formulation
