@@ -11,11 +11,18 @@ new layer runs as.  Not a test: nothing here asserts a speed.
 gradients, debug metadata stripped): where they are identical, so is the speed, and no timing
 can say otherwise.
 
+``--snn`` times bench_event_layers.py's 3-conv spiking network's BPTT step (its events boolean, as a
+user feeds them, no lowering flag) under each version instead.  The two versions' event kernels
+register XLA FFI targets of the same names, so each runs in a process of its own: the processes
+alternate (``--rounds`` of each), each reporting its median step; printed are the median new / old
+and the largest difference between the two versions' gradients.
+
 Usage::
 
     python benchmarks/ab_versions.py --old 84a6f67            # configs a-f, h of bench_cpu.py
     python benchmarks/ab_versions.py --old HEAD~3 --configs a,f --rounds 11
     python benchmarks/ab_versions.py --old HEAD~3 --same-program --rounds 0
+    python benchmarks/ab_versions.py --old 099c9d9 --snn --rounds 5
 """
 
 from __future__ import annotations
@@ -57,9 +64,12 @@ def main(argv=None) -> int:
     parser.add_argument('--rounds', type=int, default=7)
     parser.add_argument('--reps', type=int, default=5, help='timed calls per measurement (the best is kept)')
     parser.add_argument('--same-program', action='store_true', help='compare the compiled programs first')
+    parser.add_argument('--snn', action='store_true', help="time the 3-conv SNN's training step instead")
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix='brainconv-ab-')
     _extract(args.old, tmp)
+    if args.snn:
+        return snn_ab(args, tmp)
     sys.path.insert(0, tmp)
     sys.path.insert(0, ROOT)
     import brainconv_old
@@ -95,6 +105,48 @@ def main(argv=None) -> int:
         if args.rounds:
             fwd, fb = med(ratios['fwd']), med(ratios['fb'])
             print(f"{key}: forward {fwd:.2f}  fwd+bwd {fb:.2f}   (new runs as {new.lowering})", flush=True)
+    return 0
+
+
+SNN_STEP = r'''
+import sys, time, statistics
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import numpy as np, jax, jax.numpy as jnp, brainstate
+module = __import__(sys.argv[1])
+import bench_event_layers as bel
+events, labels, *_ = bel.snn_data()
+net = bel.SpikingNet(None, module)
+brainstate.nn.init_all_states(net, bel.SNN['batch'])
+params = net.states(brainstate.ParamState)
+grads = brainstate.transform.jit(brainstate.transform.grad(net.loss, params, has_aux=True, return_value=True))
+ev, lab = jnp.asarray(events), jnp.asarray(labels)
+jax.block_until_ready(grads(ev, lab))
+times = []
+for _ in range(int(sys.argv[4])):
+    t0 = time.perf_counter(); out = jax.block_until_ready(grads(ev, lab)); times.append(time.perf_counter() - t0)
+np.savez(sys.argv[5], *[np.asarray(g) for g in jax.tree.leaves(out[0])])
+print('RESULT', statistics.median(times))
+'''
+
+
+def snn_ab(args, tmp) -> int:
+    """The 3-conv SNN's BPTT step under each version, in alternating processes (see the docstring)."""
+    env = dict(os.environ, PYTHONPATH='')
+    times = {'new': [], 'old': []}
+    for i in range(args.rounds):
+        for name in (('new', 'old') if i % 2 == 0 else ('old', 'new')):
+            module, path = ('brainconv', ROOT) if name == 'new' else ('brainconv_old', tmp)
+            out = subprocess.run([sys.executable, '-c', SNN_STEP, module, path, os.path.join(ROOT, 'benchmarks'),
+                                  str(args.reps), os.path.join(tmp, f'{name}.npz')], env=env, capture_output=True,
+                                 text=True, check=True)
+            times[name].append(float(next(ln for ln in out.stdout.splitlines() if ln.startswith('RESULT')).split()[1]))
+    import numpy as np
+    new, old = (np.load(os.path.join(tmp, f'{n}.npz')) for n in ('new', 'old'))
+    err = max(float(np.abs(new[k] - old[k]).max() / max(np.abs(old[k]).max(), 1e-30)) for k in new.files)
+    ratio = med([a / b for a, b in zip(times['new'], times['old'])])
+    print(f"3-conv SNN BPTT step (boolean events, default lowering): new {med(times['new']) * 1e3:.1f} ms, old "
+          f"{med(times['old']) * 1e3:.1f} ms; new / old {ratio:.2f} (medians of {args.rounds} alternating "
+          f"processes, each the median of {args.reps} steps); gradients differ by {err:.1e} (relative)")
     return 0
 
 

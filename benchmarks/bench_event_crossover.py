@@ -1,15 +1,16 @@
 """Where the event kernel stops paying, measured on whole layers, and the cost model fitted to it.
 
 For every layer kind a spiking network uses (``KINDS``: dense, thin-input and strided 2-d
-convolutions, grouped and depthwise ones, 1-d, 3-d, a transposed convolution, a separable one),
-on boolean spikes at densities 1-50%, three programs of the same layer are timed in interleaved
-rounds: the event formulation with its branch forced to the event kernel, forced to the dense
-formulation, and left to its run-time switch (what users get).  Each for the forward pass and for
-the kernel gradient (``d vdot(layer(x), g) / d weights``).  Printed per kind: event / dense at
-each density (< 1: the event kernel is faster), the measured crossover (the density where that
-ratio reaches 1, interpolated), the crossover the cost model predicts for the layer
-(``brainconv.lowering.event.cost.crossover_density``), and switch / dense (what the switch costs
-or saves: > 1.05 at 30% or 50% is a miss).
+convolutions, grouped and depthwise ones, 1-d, 3-d, a transposed convolution, a separable one), on
+spikes at densities 1-50%, three programs of the same layer are timed in interleaved rounds: the
+event formulation with its branch forced to the event kernel, forced to the dense formulation, and
+left to its run-time switch (what users get). Each for the forward pass, the kernel gradient (``d
+vdot(layer(x), g) / d weights``) and a training step's value and gradients with respect to the
+weights and the input (its switch / dense only: the input gradient runs densely either way). Printed
+per kind: event / dense at each density (< 1: the event kernel is faster), the measured crossover
+(the density where that ratio reaches 1, interpolated), the crossover the cost model predicts for
+the layer (``brainconv.lowering.event.cost.crossover_density``), and switch / dense (what the switch
+costs or saves: > 1.05 at 30% or 50% is a miss).
 
 With ``--fit`` the cost model's coefficients are refitted on these layer times (non-negative least
 squares on each run's per-density medians: the event map's terms of
@@ -71,7 +72,9 @@ def programs(layer, x, g_out):
         with event_branch(branch):
             out['fwd', branch] = jax.jit(layer.apply).lower(params, x).compile()
             grad = jax.grad(lambda p, a: jnp.vdot(layer.apply(p, a), g_out))
-            out['dw', branch] = jax.jit(grad).lower(params, x).compile()
+            out['dw', branch] = jax.jit(grad).lower(params, x.astype(jnp.float32)).compile()
+            both = jax.value_and_grad(lambda p, a: jnp.vdot(layer.apply(p, a), g_out), argnums=(0, 1))
+            out['fb', branch] = jax.jit(both).lower(params, x.astype(jnp.float32)).compile()
     return out
 
 
@@ -83,13 +86,17 @@ def time_kind(kind, densities, rounds, reps):
     g_out = jnp.asarray(rng.standard_normal((batch,) + layer.out_size).astype(np.float32))
     params = layer.weight.value
     progs = programs(layer, jnp.zeros((batch,) + layer.in_size, bool), g_out)   # the shapes do not change
+    # (forward on boolean spikes; gradients of float 0/1 spikes, as a spiking layer's input is
+    # differentiated: the input gradient runs densely)
     results = {}
     for density in densities:
-        x = jnp.asarray(rng.random((batch,) + layer.in_size) < density)
+        spikes = jnp.asarray(rng.random((batch,) + layer.in_size) < density)
+        inputs = {'fwd': spikes, 'dw': spikes.astype(jnp.float32), 'fb': spikes.astype(jnp.float32)}
         times = {k: [] for k in progs}
         for r in range(rounds):
             for k in common.rotated(list(progs), r):
-                times[k].append(common.best_of(lambda k=k, a=x: jax.block_until_ready(progs[k](params, a)), reps))
+                times[k].append(common.best_of(
+                    lambda k=k, a=inputs: jax.block_until_ready(progs[k](params, a[k[0]])), reps))
         results[density] = {k: statistics.median(v) for k, v in times.items()}
     return layer, batch, results
 
@@ -122,6 +129,9 @@ def main(argv=None) -> int:
         print("| map | " + ' | '.join(f'{d:.0%}' for d in densities) + " | measured crossover | model crossover "
               "| switch/dense at 30% / 50% |")
         print('|---' * (len(densities) + 4) + '|')
+        fb = {d: res[d]['fb', None] / res[d]['fb', 'dense'] for d in densities}
+        print("| fwd+bwd (weights and input) switch/dense | " + ' | '.join(f'{fb[d]:.2f}' for d in densities)
+              + " | | | " + ' / '.join(f"{fb[d]:.2f}" if d in fb else '-' for d in (0.3, 0.5)) + " |")
         for m, label in (('fwd', 'forward'), ('dw', 'weight_grad')):
             ratios = [res[d][m, 'event'] / res[d][m, 'dense'] for d in densities]
             switch = {d: res[d][m, None] / res[d][m, 'dense'] for d in densities}

@@ -398,9 +398,10 @@ class LIF(brainstate.nn.Dynamics):
 
 
 class SpikingNet(brainstate.nn.Module):
-    """SNN_CONVS with LIF neurons after each, a linear readout of the last spikes, with snn_data's weights."""
+    """SNN_CONVS with LIF neurons after each, a linear readout of the last spikes, with snn_data's weights;
+    the convolutions ``module``'s (brainconv, or an older copy of it: ab_versions.py --snn)."""
 
-    def __init__(self, lowering):
+    def __init__(self, lowering, module=brainconv):
         super().__init__()
         _, _, kernels, readout, bias = snn_data()
         size = SNN['frame']
@@ -409,7 +410,7 @@ class SpikingNet(brainstate.nn.Module):
             if lowering == 'brainstate':
                 conv = brainstate.nn.Conv2d(size, cout, 3, stride=stride, padding=1)
             else:
-                conv = brainconv.Conv2d(size, cout, 3, stride=stride, padding=1, lowering=lowering)
+                conv = module.Conv2d(size, cout, 3, stride=stride, padding=1, lowering=lowering)
             conv.weight.value = {'weight': jnp.asarray(kernel)}
             size = conv.out_size
             self.convs.append(conv)

@@ -85,15 +85,17 @@ def dense_cost(g: ConvGeometry, groups: int, n_batch: int, cin: int, cout: int, 
 #: The highest input density at which the switch runs the event kernel, per map and kernel shape,
 #: whatever the model predicts: measured on whole layers (``benchmarks/bench_event_crossover.py``,
 #: ten layer kinds at 1-50%, jax 0.10.2 and 0.12, 2026-12-06), the event kernel stopped paying
-#: between 10% and 25% for the forward of dense kernels (10% the lowest: Conv2d 15x15x12 -> 32,
-#: k5), at 0-2% for depthwise ones (one multiply-add per (spike, tap) pair, where
-#: shift-multiply-add vectorises over the channels: their forward runs densely), and at 11-48% for
-#: kernel gradients (11%: Conv2d 34x34x2 -> 12, k5, on 0.12; depthwise 24-30%).  The model, fitted
-#: to the kernels alone, placed some of those crossovers up to 1.5x too late (a transposed
-#: convolution's at 87%, measured 22-24%, before its products were counted without the inserted
-#: zeros); below the caps it decides, for small maps where the call's fixed cost does.
+#: between 10% and 25% for the forward of dense kernels (10% the lowest: Conv2d 15x15x12 -> 32, k5),
+#: at 0-2% for depthwise ones (one multiply-add per (spike, tap) pair, where shift-multiply-add
+#: vectorises over the channels: their forward runs densely), and at 11-48% for kernel gradients
+#: (11%: Conv2d 34x34x2 -> 12, k5, on 0.12; depthwise 24-48%, but a depthwise kernel gradient's
+#: dense branch runs 1.8-2.2x slower inside the switch's ``lax.cond``, where XLA:CPU does not split
+#: its loops over the cores, so depthwise kernels take no switch at all).  The model, fitted to the
+#: kernels alone, placed some of those crossovers up to 1.5x too late (a transposed convolution's at
+#: 87%, measured 22-24%, before its products were counted without the inserted zeros); below the
+#: caps it decides, for small maps where the call's fixed cost does.
 DENSITY_CAP = {('forward', 'dense'): 0.10, ('forward', 'depthwise'): 0.0,
-               ('weight_grad', 'dense'): 0.12, ('weight_grad', 'depthwise'): 0.12}
+               ('weight_grad', 'dense'): 0.12, ('weight_grad', 'depthwise'): 0.0}
 
 #: The switch takes the event kernel only up to this fraction of the model's crossover: near the
 #: crossover both maps cost about the same, so erring towards the dense one loses little, while
