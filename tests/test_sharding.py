@@ -141,4 +141,4 @@ def test_data_parallel_runs_equal_the_single_device_run():
     if auto['dense'] != 'lax':  # on CPU: the chosen formulations never gather, grouped ones included
         for label, name in auto.items():
             assert report[f'{label}/{name}']['all_gathers'] == 0, (label, name)
-        assert auto['depthwise'] == 'taps' and auto['grouped'] in ('event', 'im2col')   # event: im2col behind the switch
+        assert auto['depthwise'] == 'taps' and auto['grouped'] in ('event', 'im2col')   # im2col behind the switch
