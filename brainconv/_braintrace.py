@@ -59,8 +59,8 @@ _MIXING = '_RECURRENT_WEIGHT_MIXING_PRIMITIVES'
 _STATE: Dict[str, Any] = {'mixing': False, 'limit': None}
 #: layer -> (ETP primitive for unbatched inputs, ETP primitive for batched inputs)
 _PRIMITIVES: weakref.WeakKeyDictionary[Any, Tuple[Any, Any]] = weakref.WeakKeyDictionary()
-#: ETP primitive -> a function returning the layer it belongs to (what the network-wide memory check reads)
-_OWNERS: Dict[Any, Callable[[], Any]] = {}
+#: ETP primitive -> the :class:`_Shape` of the layer it belongs to (what the network-wide memory check reads)
+_OWNERS: Dict[Any, _Shape] = {}
 
 
 class TraceMemoryError(MemoryError):
@@ -86,6 +86,48 @@ class Trace:
 
     positions: str
     channel_axis: int | None = None
+
+
+class _Owner:
+    """The layer an ETP equation runs, as a parameter of the equation (hashed by identity).
+
+    The equation holds the layer for as long as it lives: a layer rebuilt inside a traced
+    function (brainstate's graph merges) may be gone before JAX lowers the program.
+    """
+
+    __slots__ = ('layer',)
+
+    def __init__(self, layer: Any):
+        self.layer = layer
+
+    def __hash__(self) -> int:
+        return id(self.layer)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Owner) and other.layer is self.layer
+
+    def __repr__(self) -> str:
+        return f"<{type(self.layer).__name__}>"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the rules without the equation's parameters (``init_drtrl``, ``dt_to_t``, and the
+    network-wide memory check) read of a layer: fixed when the layer is built."""
+
+    kind: str
+    in_size: Tuple[int, ...]
+    out_size: Tuple[int, ...]
+    channel_first: bool
+    layout: Tuple[Tuple[str, Trace], ...]
+
+    @classmethod
+    def of(cls, layer: Any) -> _Shape:
+        return cls(type(layer).__name__, tuple(getattr(layer, 'in_size', ())), tuple(layer.out_size),
+                   bool(layer.channel_first), tuple(layer._etrace_layout().items()))
+
+    def _etrace_layout(self) -> Dict[str, Trace]:
+        return dict(self.layout)
 
 
 # --------------------------------------------------------------------------- #
@@ -117,7 +159,7 @@ def apply(layer: Any, x: Any, raw: Dict[str, Any], bias_scale: float | None, num
         # vector-Jacobian products at it; that they are spikes is in the context bound with them
         x = x.astype(jnp.result_type(*raw.values()))
     return prims[num_batch > 0].bind(x, *raw.values(), names=tuple(raw), bias_scale=bias_scale, block=block,
-                                     context=trace_context())
+                                     context=trace_context(), owner=_Owner(layer))
 
 
 def sliced(layer: Any, raw: Dict[str, Any], block: Tuple[int, int] | None) -> Dict[str, Any]:
@@ -257,28 +299,22 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     from jax.interpreters import ad, batching
 
     registries = _private_registries()
-    ref = weakref.ref(layer)
-    label = f'brainconv_{type(layer).__name__}'
+    shape = _Shape.of(layer)
+    label = f'brainconv_{shape.kind}'
 
-    def owner() -> Any:
-        obj = ref()
-        if obj is None:  # pragma: no cover - a primitive outlived its layer
-            raise RuntimeError(f"{label}: the layer this primitive belongs to no longer exists")
-        return obj
-
-    def impl(x, *arrays, names, bias_scale, block, context):
+    def impl(x, *arrays, names, bias_scale, block, context, owner):
         # the formulation chosen when the operation was bound (global lowering, spike input), also
         # when JAX traces this again to lower or differentiate it
-        lay = owner()
+        lay = owner.layer
         with restore_context(context):
             return lay._forward(x, sliced(lay, dict(zip(names, arrays)), block), bias_scale)
 
     def trainables(params):
         return {name: i + 1 for i, name in enumerate(params['names'])}
 
-    def xy_to_dw(x, df, weights, *, names, bias_scale, block, context):
+    def xy_to_dw(x, df, weights, *, names, bias_scale, block, context, owner):
         y, pullback = jax.vjp(lambda *a: impl(x, *a, names=names, bias_scale=bias_scale, block=block,
-                                                   context=context),
+                                                   context=context, owner=owner),
                               *(weights[k] for k in names))
         return dict(zip(names, pullback(df.astype(y.dtype))))
 
@@ -292,18 +328,17 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
                 f"(braintrace._op._registries.ETP_RULES_INSTANT_DRTRL / ETP_RULES_SOLVE_DRTRL, braintrace "
                 f"0.2.8), which this braintrace {getattr(braintrace, '__version__', '?')} lacks; use pp_prop, "
                 f"or set etrace = False on the layer")
-        lay = owner()
-        shapes, dtype = _trace_shapes(lay, x_var, y_var, weight_vars)
+        shapes, dtype = _trace_shapes(shape, x_var, y_var, weight_vars)
         _check_network_memory()
-        _check_memory(lay, shapes, num_state, jnp.dtype(dtype).itemsize)
+        _check_memory(shape, shapes, num_state, jnp.dtype(dtype).itemsize)
         return {k: jnp.zeros(s + (num_state,), dtype) for k, s in shapes.items()}
 
-    def instant(x, df, weights, *, names, bias_scale, block, context):
-        lay = owner()
+    def instant(x, df, weights, *, names, bias_scale, block, context, owner):
+        lay = owner.layer
         return lay._etrace_instant(x, df, sliced(lay, {k: weights[k] for k in names}, block), bias_scale)
 
-    def dt_to_t(hidden, trace, *, names, bias_scale, block, context):
-        lay = owner()
+    def dt_to_t(hidden, trace, *, names, bias_scale, block, context, owner):
+        lay = shape
         lead = _num_lead(hidden, lay)
         d = channels_last(hidden, lay)
         nsp = d.ndim - 1 - lead
@@ -314,13 +349,13 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
             if t.positions == 'output':
                 out[k] = trace[k] * hidden
             else:
-                shape = trace[k].shape[lead + (nsp if t.positions != 'local' else 0):]
-                shape = shape[:-1] if t.positions == 'full' else shape
-                out[k] = trace[k] * _aligned(d, lead, nsp, shape, t)
+                tail = trace[k].shape[lead + (nsp if t.positions != 'local' else 0):]
+                tail = tail[:-1] if t.positions == 'full' else tail
+                out[k] = trace[k] * _aligned(d, lead, nsp, tail, t)
         return out
 
-    def solve(signal, trace, weights, *, names, bias_scale, block, context):
-        lay = owner()
+    def solve(signal, trace, weights, *, names, bias_scale, block, context, owner):
+        lay = shape
         lead = _num_lead(signal, lay)
         d = channels_last(signal, lay)
         nsp = d.ndim - 1 - lead
@@ -332,8 +367,8 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
                 out[k] = jnp.sum(trace[k] * signal, axis=tuple(range(lead)))
                 continue
             start = lead + (nsp if t.positions != 'local' else 0)
-            shape = trace[k].shape[start:trace[k].ndim - (t.positions == 'full')]
-            grad = jnp.sum(trace[k] * _aligned(d, lead, nsp, shape, t),
+            tail = trace[k].shape[start:trace[k].ndim - (t.positions == 'full')]
+            grad = jnp.sum(trace[k] * _aligned(d, lead, nsp, tail, t),
                            axis=tuple(range(start)) + ((trace[k].ndim - 1,) if t.positions == 'full' else ()))
             if block is not None:  # a gate's block of the array: zeros for the other channels
                 axis = t.channel_axis % grad.ndim
@@ -343,7 +378,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
             out[k] = grad
         return out
 
-    def transpose(ct, x, *arrays, names, bias_scale, block, context):
+    def transpose(ct, x, *arrays, names, bias_scale, block, context, owner):
         """Transpose with respect to the linear operands (the input, or the kernels): the
         layer's own vector-Jacobian product there (linear_transpose of a layer without bias)."""
         linear = [ad.is_undefined_primal(a) for a in (x,) + arrays]
@@ -352,7 +387,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
         def f(*free):
             values = iter(free)
             args = [next(values) if lin else a for a, lin in zip(point, linear)]
-            return impl(*args, names=names, bias_scale=bias_scale, block=block, context=context)
+            return impl(*args, names=names, bias_scale=bias_scale, block=block, context=context, owner=owner)
 
         _, pullback = jax.vjp(f, *(a for a, lin in zip(point, linear) if lin))
         cts = iter(pullback(ct))
@@ -362,7 +397,7 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
     for batched in (False, True):
         p = braintrace.register_primitive(label + ('_batched' if batched else ''), impl, batched=batched,
                                           trainable_invars_fn=trainables, x_invar_index=0)
-        _OWNERS[p] = owner
+        _OWNERS[p] = shape
         p.register_etp_rules(xy_to_dw=xy_to_dw, init_pp=init_pp, init_drtrl=init_drtrl, dt_to_t=dt_to_t)
         if registries is not None:
             registries.ETP_RULES_INSTANT_DRTRL[p] = instant
@@ -370,9 +405,9 @@ def _make_primitives(layer: Any) -> Tuple[Any, Any]:
         prims.append(p)
     unbatched, batched_p = prims
 
-    def batch_rule(args, dims, *, names, bias_scale, block, context):
+    def batch_rule(args, dims, *, names, bias_scale, block, context, owner):
         x, *arrays = args
-        params = dict(names=names, bias_scale=bias_scale, block=block, context=context)
+        params = dict(names=names, bias_scale=bias_scale, block=block, context=context, owner=owner)
         if all(d is None for d in dims[1:]):  # only the input is mapped: one more batch axis
             return batched_p.bind(jnp.moveaxis(x, dims[0], 0), *arrays, **params), 0
         # mapped weights (an ensemble, per-example kernels): no eligibility trace, just the values
@@ -438,15 +473,14 @@ def _check_network_memory() -> None:
     sizes: Dict[str, int] = {}
     total = 0
     for relation in relations:
-        owner = _OWNERS.get(relation.primitive)
-        layer = owner() if owner is not None else None
+        layer = _OWNERS.get(relation.primitive)
         if layer is None:
             continue
         shapes, dtype = _trace_shapes(layer, relation.x_var, relation.y_var, relation.trainable_vars)
         width = sum(getattr(g, 'trace_state_width', len(g.hidden_states)) for g in relation.hidden_groups)
         nbytes = sum(math.prod(sh) for sh in shapes.values()) * width * jnp.dtype(dtype).itemsize
         name = f"{'.'.join(map(str, next(iter(relation.trainable_paths.values()), ('?',))[:-1]))} " \
-               f"({type(layer).__name__})"
+               f"({layer.kind})"
         sizes[name] = sizes.get(name, 0) + nbytes
         total += nbytes
     limit = get_trace_memory_limit()
@@ -468,7 +502,7 @@ def _check_memory(layer: Any, shapes: Dict[str, Tuple[int, ...]], num_state: int
         return
     parts = ', '.join(f"{k} {s}" for k, s in shapes.items())
     raise TraceMemoryError(
-        f"{type(layer).__name__}{tuple(getattr(layer, 'in_size', ()))} -> {tuple(layer.out_size)}: D_RTRL's exact "
+        f"{layer.kind}{layer.in_size} -> {layer.out_size}: D_RTRL's exact "
         f"eligibility trace needs {_human(nbytes)} ({parts}, x {num_state} hidden state(s), {itemsize} bytes "
         f"each: one kernel-sized slot per batch element and output position), more than the limit of "
         f"{_human(limit)} (brainconv.set_trace_memory_limit). Ways out: train with braintrace.pp_prop "
