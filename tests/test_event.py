@@ -324,9 +324,8 @@ def test_the_formulation_a_layer_runs_is_visible():
         layer.formulation(density=1.5)
     run = jax.jit(jax.value_and_grad(lambda p, a: jnp.sum(layer.apply(p, a) ** 2)))
     with _lowering.event_branch(None), _lowering.report_branches() as log:
-        run(layer.weight.value, jnp.asarray(sparse))
-        run(layer.weight.value, jnp.asarray(dense))
-    jax.effects_barrier()
+        jax.block_until_ready(run(layer.weight.value, jnp.asarray(sparse)))   # a record comes when its
+        jax.block_until_ready(run(layer.weight.value, jnp.asarray(dense)))    # program has run
     taken = [(r.kind, r.branch) for r in log]
     assert taken == [('forward', 'event'), ('weight_grad', 'event'), ('forward', 'lax_vjp'),
                      ('weight_grad', 'lax_vjp')], taken

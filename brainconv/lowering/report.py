@@ -87,12 +87,14 @@ def describe(formulation: str, geometry: ConvGeometry, groups: int, in_channels:
 def report_branches() -> Iterator[List[Branch]]:
     """Debug mode: the event switches of programs traced inside the block record, every time they
     run, which branch they took; the block yields the list the records go into (in the order the
-    switches ran; a program traced here keeps recording when it is called later).
+    switches ran; a program traced here keeps recording when it is called later).  A record comes
+    when its program has run: block on the program's outputs (``jax.block_until_ready``) before
+    reading the list.
 
     >>> import brainconv, jax.numpy as jnp
     >>> layer = brainconv.Conv2d((8, 8, 2), 4, 3, lowering='event')
     >>> with brainconv.lowering.report_branches() as log:
-    ...     y = jax.jit(layer)(jnp.zeros((1, 8, 8, 2)).at[0, 3, 3, 0].set(1.0))
+    ...     y = jax.block_until_ready(jax.jit(layer)(jnp.zeros((1, 8, 8, 2)).at[0, 3, 3, 0].set(1.0)))
     >>> [(r.kind, r.branch) for r in log]    # doctest: +SKIP
     [('forward', 'event')]
     """
