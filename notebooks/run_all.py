@@ -3,6 +3,7 @@
     python notebooks/run_all.py            # execute, leave the files alone
     python notebooks/run_all.py --write    # execute and save the outputs back
     python notebooks/run_all.py 03_vision_digits.ipynb   # only some
+    python notebooks/run_all.py --skip 08_online_learning.ipynb   # all but some
 
 Each notebook runs in a fresh kernel on this interpreter (``sys.executable``),
 with the notebooks folder as its working directory.  A notebook whose metadata
@@ -58,10 +59,15 @@ def missing_requirements(path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('notebooks', nargs='*', help='notebook file names (default: every *.ipynb here)')
+    parser.add_argument('--skip', nargs='+', default=[], metavar='NAME', help='notebook file names to leave out')
     parser.add_argument('--write', action='store_true', help='save the executed notebooks with their outputs')
     parser.add_argument('--timeout', type=int, default=600, help='seconds allowed per cell (default 600)')
     args = parser.parse_args(argv)
     paths = [HERE / name for name in args.notebooks] or sorted(HERE.glob('*.ipynb'))
+    unknown = sorted(set(args.skip) - {path.name for path in paths})
+    if unknown:
+        parser.error(f'--skip names no notebook to run: {unknown}')
+    paths = [path for path in paths if path.name not in args.skip]
     if not paths:
         print(f'no notebooks found in {HERE}')
         return 1
