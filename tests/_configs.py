@@ -1,5 +1,8 @@
 """Hypothesis strategies for random convolution configurations, and helpers shared by tests."""
 
+import os
+import zlib
+
 import _reference as ref
 import numpy as np
 from hypothesis import strategies as st
@@ -7,6 +10,38 @@ from hypothesis import strategies as st
 MAX_SPATIAL = {1: 10, 2: 6, 3: 4}
 MODE_SPELLINGS = {'ZEROS': ['ZEROS', 'zeros'], 'REFLECT': ['REFLECT', 'reflect'],
                   'REPLICATE': ['REPLICATE', 'replicate'], 'CIRCULAR': ['CIRCULAR', 'circular']}
+
+
+def _share_from_env():
+    """``BRAINCONV_TEST_SHARE=i/n``: this run takes share ``i`` of ``n`` of the costliest generated
+    and parametrised cases (default ``0/1``: all of them).  CI runs the suite under two Python lines
+    (two jaxlib lines) side by side and gives each half of them, so that between the two every case
+    runs; every test, formulation and transform still runs on both lines."""
+    spec = os.environ.get('BRAINCONV_TEST_SHARE', '0/1')
+    try:
+        i, n = (int(v) for v in spec.split('/'))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise ValueError(f"BRAINCONV_TEST_SHARE must be 'i/n' with 0 <= i < n, got {spec!r}")
+    return i, n
+
+
+SHARE = _share_from_env()
+
+
+def in_share(case) -> bool:
+    """Whether this run takes ``case`` (a generated configuration: a dict of plain values), by a hash
+    of its contents that both Python lines compute alike (see :func:`_share_from_env`)."""
+    i, n = SHARE
+    key = repr(sorted(case.items())) if isinstance(case, dict) else repr(case)
+    return n == 1 or zlib.crc32(key.encode()) % n == i
+
+
+def in_share_by_index(index: int) -> bool:
+    """Whether this run takes the ``index``-th of a list of parametrised cases (alternating)."""
+    i, n = SHARE
+    return index % n == i
 
 
 def init_array(shape, seed=0, scale=None):

@@ -9,6 +9,7 @@ if not os.environ.get('BRAINCONV_TEST_XLA_OPT'):
 
 import jax  # noqa: E402
 import pytest
+from _configs import SHARE  # noqa: E402  (a bad BRAINCONV_TEST_SHARE fails here, before any test)
 from hypothesis import settings
 
 # Strict promotion: brainconv must never rely on implicit dtype or rank promotion.
@@ -18,6 +19,14 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 settings.register_profile('ci', deadline=None, derandomize=True, print_blob=True)
 settings.register_profile('dev', deadline=None)
 settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
+
+
+def pytest_report_header(config):
+    i, n = SHARE
+    if n > 1:
+        return [f'BRAINCONV_TEST_SHARE={i}/{n}: this run takes share {i} of {n} of the generated oracle cases '
+                f'and of the transform matrix\'s layer kinds (every test, formulation and transform still runs)']
+    return []
 
 
 @pytest.fixture
