@@ -243,12 +243,13 @@ def test_same_as_braintrace_conv2d(algorithm, xs):
 def test_etrace_false_keeps_a_weight_non_temporal(xs):
     """``layer.etrace = False``: braintrace reports the weight as non-temporal and, behind a
     spiking layer, its online gradient is zero; the other layers are traced as before."""
-    net = _Branches(None)
+    net = _Branches(None, ('stride-reflect-bias', 'units', 'transposed-grouped-output-padding-masked'))
     net.stride_reflect_bias.etrace = False
     learner, grads = _online(net, braintrace.D_RTRL, xs)
     assert {path for path, _ in learner.report.excluded_weights} == {('stride_reflect_bias', 'weight')}
     assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads['stride_reflect_bias', 'weight']))
-    assert ('units', 'weight') in {path for path, _ in learner.report.etrace_weights}
+    traced = {path for path, _ in learner.report.etrace_weights}
+    assert {('units', 'weight'), ('transposed_grouped_output_padding_masked', 'weight')} <= traced
 
 
 def test_a_trace_that_does_not_fit_is_refused(xs):
