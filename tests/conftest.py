@@ -24,8 +24,9 @@ settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 def pytest_report_header(config):
     i, n = SHARE
     if n > 1:
-        return [f'BRAINCONV_TEST_SHARE={i}/{n}: this run takes share {i} of {n} of the generated oracle cases '
-                f'and of the transform matrix\'s layer kinds (every test, formulation and transform still runs)']
+        return [f'BRAINCONV_TEST_SHARE={i}/{n}: this run takes share {i} of {n} of the generated oracle cases, '
+                f'of the transform matrix\'s layer kinds and of the sharding matrix\'s cells (every test, '
+                f'formulation and transform still runs)']
     return []
 
 

@@ -36,6 +36,7 @@ def _in_share(row, column, share, shares, auto):
 
 SCRIPT = textwrap.dedent('''
     import json, os, re
+    from _configs import SHARE
     from test_sharding import _in_share
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -55,7 +56,6 @@ SCRIPT = textwrap.dedent('''
         'circular': brainconv.Conv2d((8, 8, 4), 4, 3, padding_mode='CIRCULAR', channel_first=True),
     }
     report = {'auto': {label: layer.lowering for label, layer in layers.items()}}
-    share, shares = (int(v) for v in os.environ.get('BRAINCONV_TEST_SHARE', '0/1').split('/'))
     rng = np.random.default_rng(0)
     for row, (label, layer) in enumerate(layers.items()):
         x = jnp.asarray(rng.standard_normal((8,) + layer.in_size), jnp.float32)
@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent('''
         with brainconv.use_lowering('lax'):   # the single-device reference: XLA's own convolution
             (v1, y1), (dp1, dx1) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
         for column, name in enumerate(brainconv.LOWERINGS):
-            if not _in_share(row, column, share, shares, name == layer.lowering):
+            if not _in_share(row, column, *SHARE, name == layer.lowering):
                 continue
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
             with brainconv.use_lowering(name):
