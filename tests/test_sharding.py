@@ -23,20 +23,19 @@ import subprocess
 import sys
 import textwrap
 
-from _configs import SHARE
+from _configs import in_share_by_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def _in_share(row, column, share, shares, auto):
+def _in_share(row, column, auto):
     """Whether this run takes the cell (layer ``row``, formulation ``column``) of the matrix: a
     checkerboard over the shares of ``BRAINCONV_TEST_SHARE`` (tests/_configs.py), so that each run
     still takes every layer and every formulation; the formulation a layer picks under 'auto' always."""
-    return auto or (row + column) % shares == share
+    return auto or in_share_by_index(row + column)
 
 
 SCRIPT = textwrap.dedent('''
     import json, os, re
-    from _configs import SHARE
     from test_sharding import _in_share
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -71,7 +70,7 @@ SCRIPT = textwrap.dedent('''
         with brainconv.use_lowering('lax'):   # the single-device reference: XLA's own convolution
             (v1, y1), (dp1, dx1) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
         for column, name in enumerate(brainconv.LOWERINGS):
-            if not _in_share(row, column, *SHARE, name == layer.lowering):
+            if not _in_share(row, column, name == layer.lowering):
                 continue
             step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
             with brainconv.use_lowering(name):
@@ -146,7 +145,7 @@ def test_data_parallel_runs_equal_the_single_device_run():
     assert spikes['spikes/snn']['conds'] >= 2, spikes['spikes/snn']   # the density switch, on each shard
     assert set(report) == {f'{label}/{name}' for row, label in enumerate(auto)
                            for column, name in enumerate(brainconv.LOWERINGS)
-                           if _in_share(row, column, *SHARE, name == auto[label])}
+                           if _in_share(row, column, name == auto[label])}
     # float32 rounding only: the sums over the batch are split across devices (the depthwise kernel
     # gradient, a sum over 8 x 6 x 6 positions, differs by up to 1.2e-4 of its largest entry with jax 0.12,
     # raw lax included)
